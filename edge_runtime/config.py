@@ -1,0 +1,292 @@
+"""Frozen settings loaded from config.yaml, validated field by field with errors that name the key."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_CONFIG = "CLAWD_EDGE_CONFIG"
+DEFAULT_MODEL = "smollm2-135m-instruct-q4_1"
+KV_CACHE_TYPES = ("auto", "f16", "q8_0")
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object, key: str, source: str | None = None) -> int:
+    """Accept 2147483648, "2GiB", "1.5 GB", "512MiB"; bytes come back as an int."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{value!r} is not a size; use bytes or a string such as '2GiB'", key=key,
+                          source=source)
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(f"{value!r} must be a positive size", key=key, source=source)
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+            if number > 0:
+                return int(number)
+    raise ConfigError(
+        f"{value!r} is not a size; use bytes or a number with a unit (KiB, MiB, GiB, KB, MB, GB)", key=key,
+        source=source,
+    )
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "clawd-edge"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The HTTP daemon (`clawd-edge serve`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    max_queue: int = 32
+    max_tokens: int = 2048
+    max_request_bytes: int = 1024 * 1024
+    cors_origins: tuple[str, ...] = ()
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ModuleSettings:
+    """One kiosk module: whether it runs and its own options (the module validates them)."""
+
+    enabled: bool = False
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; a field's name is its key in config.yaml."""
+
+    model_path: str = DEFAULT_MODEL
+    models_dir: Path = field(default_factory=lambda: default_data_dir() / "models")
+    registry: Path | None = None
+    threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    batch_size: int = 256
+    max_sequence_length: int = 2048
+    parallel: int = 4
+    context: int | None = None
+    memory_budget: int | None = None
+    kv_cache_type: str = "auto"
+    keep_alive: float = 300.0
+    chat_template: str | None = None
+    system_prompt: str | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
+    modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def total_context(self) -> int:
+        """KV cells for all slots together: `context` if set, else one max_sequence_length per slot."""
+        return self.context if self.context is not None else self.parallel * self.max_sequence_length
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (command-line flags), validated like the file."""
+        values = {k: v for k, v in changes.items() if v is not None}
+        if not values:
+            return self
+        merged = to_dict(self)
+        for key, value in values.items():
+            if key.startswith("server."):
+                merged["server"][key.split(".", 1)[1]] = value
+            else:
+                merged[key] = value
+        return from_mapping(merged, source="command line")
+
+
+# Declarative validation table: key -> (checker, allowed-description).
+def _int(minimum: int, maximum: int | None = None) -> tuple[Any, str]:
+    allowed = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+
+    def check(value: object) -> bool:
+        return (
+            isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            and (maximum is None or value <= maximum)
+        )
+    return check, allowed
+
+
+def _float(minimum: float) -> tuple[Any, str]:
+    def check(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= minimum
+    return check, f"a number >= {minimum}"
+
+
+def _str() -> tuple[Any, str]:
+    return (lambda v: isinstance(v, str) and v != ""), "a non-empty string"
+
+
+def _choice(*options: str) -> tuple[Any, str]:
+    return (lambda v: v in options), "one of " + ", ".join(options)
+
+
+_TOP_LEVEL: dict[str, tuple[Any, str]] = {
+    "model_path": _str(),
+    "models_dir": _str(),
+    "registry": _str(),
+    "threads": _int(1, 256),
+    "batch_size": _int(1, 65536),
+    "max_sequence_length": _int(16, 1 << 20),
+    "parallel": _int(1, 64),
+    "context": _int(16, 1 << 22),
+    "kv_cache_type": _choice(*KV_CACHE_TYPES),
+    "keep_alive": _float(0),
+    "chat_template": _str(),
+    "system_prompt": _str(),
+}
+_SERVER: dict[str, tuple[Any, str]] = {
+    "host": _str(),
+    "port": _int(0, 65535),
+    "api_key": _str(),
+    "max_queue": _int(0, 100000),
+    "max_tokens": _int(1, 1 << 20),
+    "shutdown_timeout": _float(0),
+}
+_NULLABLE = {"registry", "context", "memory_budget", "chat_template", "system_prompt", "api_key"}
+_ALIASES = {"model": "model_path", "ctx": "context", "n_parallel": "parallel"}
+
+
+def _check(table: Mapping[str, tuple[Any, str]], key: str, value: object, prefix: str, source: str) -> None:
+    check, allowed = table[key]
+    if value is None and key in _NULLABLE:
+        return
+    if not check(value):
+        raise ConfigError(f"{value!r} is not allowed; expected {allowed}", key=prefix + key, source=source)
+
+
+def _unknown(key: str, known: Mapping[str, Any] | set[str], prefix: str, source: str) -> ConfigError:
+    return ConfigError(
+        f"unknown key; allowed keys are: {', '.join(sorted(known))}", key=prefix + key, source=source
+    )
+
+
+def _server(raw: object, source: str) -> ServerSettings:
+    if raw is None:
+        return ServerSettings()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{raw!r} is not allowed; expected a mapping", key="server", source=source)
+    allowed = {f.name for f in dataclasses.fields(ServerSettings)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise _unknown(str(key), allowed, "server.", source)
+        if key == "max_request_bytes":
+            values[key] = parse_size(value, "server.max_request_bytes", source)
+        elif key == "cors_origins":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{value!r} is not allowed; expected a list of origins",
+                                  key="server.cors_origins", source=source)
+            values[key] = tuple(value)
+        else:
+            _check(_SERVER, key, value, "server.", source)
+            values[key] = float(value) if key == "shutdown_timeout" else value
+    return ServerSettings(**values)
+
+
+def _modules(raw: object, source: str) -> Mapping[str, ModuleSettings]:
+    if raw is None:
+        return MappingProxyType({})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{raw!r} is not allowed; expected a mapping of module name to its settings",
+                          key="modules", source=source)
+    result: dict[str, ModuleSettings] = {}
+    for name, raw_body in raw.items():
+        key = f"modules.{name}"
+        # `voice: true` and a bare `voice:` are shorthands for enabling a module with default options.
+        body = {"enabled": raw_body} if isinstance(raw_body, bool) else ({} if raw_body is None else raw_body)
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{body!r} is not allowed; expected a mapping with 'enabled' and options",
+                              key=key, source=source)
+        enabled = body.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{enabled!r} is not allowed; expected true or false",
+                              key=key + ".enabled", source=source)
+        options = {k: v for k, v in body.items() if k != "enabled"}
+        result[str(name)] = ModuleSettings(enabled=enabled, options=MappingProxyType(options))
+    return MappingProxyType(result)
+
+
+def from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Settings:
+    """Validate a parsed YAML mapping; unknown keys are errors, never silently ignored."""
+    allowed = {f.name for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for raw_key, value in raw.items():
+        key = _ALIASES.get(str(raw_key), str(raw_key))
+        if key not in allowed:
+            raise _unknown(str(raw_key), allowed, "", source)
+        if key == "server":
+            values[key] = value if isinstance(value, ServerSettings) else _server(value, source)
+        elif key == "modules":
+            values[key] = _modules(value, source)
+        elif key == "memory_budget":
+            values[key] = None if value is None else parse_size(value, "memory_budget", source)
+        elif key in ("models_dir", "registry"):
+            _check(_TOP_LEVEL, key, value if not isinstance(value, Path) else str(value), "", source)
+            values[key] = None if value is None else Path(str(value)).expanduser()
+        else:
+            _check(_TOP_LEVEL, key, value, "", source)
+            values[key] = float(value) if key == "keep_alive" else value
+    return Settings(**values)
+
+
+def to_dict(settings: Settings) -> dict[str, Any]:
+    """Plain data for `config show` and for re-validation; the inverse of from_mapping."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif f.name == "server":
+            value = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(value).items()}
+        elif f.name == "modules":
+            value = {n: {"enabled": m.enabled, **dict(m.options)} for n, m in value.items()}
+        out[f.name] = value
+    return out
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read settings from `path`, else $CLAWD_EDGE_CONFIG, else built-in defaults."""
+    if path is None:
+        path = os.environ.get(ENV_CONFIG) or None
+    if path is None:
+        return Settings()
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", source=source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML{where}: {problem}", source=source) from None
+    if raw is None:
+        return Settings()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a mapping of keys at the top level, got {type(raw).__name__}",
+                          source=source)
+    return from_mapping(raw, source=source)

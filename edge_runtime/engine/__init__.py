@@ -1,0 +1,1 @@
+"""Inference engine: continuous batching over one llama.cpp context."""

