@@ -169,15 +169,19 @@ class ModelStore:
                 shutil.rmtree(final)
             staging.replace(final)
 
-    def check(self, entry: RegistryEntry, path: Path | None = None) -> str | None:
-        """None when the local copy matches the registry, else why not (cheap when a fresh stamp exists)."""
+    def check(self, entry: RegistryEntry, path: Path | None = None, *, deep: bool = False) -> str | None:
+        """None when the local copy matches the registry, else why not (cheap when a fresh stamp exists).
+
+        A directory model is re-hashed only when `deep`: hundreds of MB on every start would cost seconds.
+        """
         path = path or self.path_for(entry)
         if not path.exists():
             return f"{path} is missing"
         if entry.format == "dir":
-            recorded = path / ".clawd-sha256"
-            expected = entry.sha256 or (recorded.read_text().strip() if recorded.exists() else None)
-            actual = sha256_tree(path)
+            marker = path / ".clawd-sha256"
+            recorded = marker.read_text().strip() if marker.exists() else None
+            expected = entry.sha256 or recorded
+            actual = sha256_tree(path) if deep or recorded is None else recorded
             return None if expected is None or actual == expected else \
                 f"{path}: tree sha256 {actual} does not match {expected}"
         size = path.stat().st_size

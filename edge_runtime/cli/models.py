@@ -86,7 +86,7 @@ def verify(ctx: click.Context, path: Path | None) -> None:
         local = store.path_for(e)
         if not local.exists():
             continue
-        problem = store.check(e, local)
+        problem = store.check(e, local, deep=True)
         click.echo(f"{e.name}: {'ok' if problem is None else problem}")
         if problem:
             bad.append(e.name)
