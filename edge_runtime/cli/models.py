@@ -118,13 +118,13 @@ def add(ctx: click.Context, gguf: Path, name: str | None, copy: bool) -> None:
     if store.registry.find(name) is not None and store.registry.get(name).origin != str(store.local_registry):
         raise UsageError(f"{name!r} is a built-in registry name; pick another with --name")
     manifest = _manifest(gguf)
-    digest = manifest.get("output_sha256") or sha256_file(gguf)
-    if digest != sha256_file(gguf):
-        raise IntegrityError(f"{gguf}: sha256 differs from its manifest's output_sha256 (file changed?)")
+    digest = sha256_file(gguf)
+    if manifest.get("sha256", digest) != digest:
+        raise IntegrityError(f"{gguf}: sha256 differs from its conversion manifest's (file changed since?)")
     entry = RegistryEntry(
         name=name, kind="llm", file=gguf.name, sources=(Source((f"file:{gguf.resolve()}",)),),
-        sha256=str(digest), size=gguf.stat().st_size, quant=manifest.get("quant_type"),
-        license=manifest.get("license"), description=f"{info.architecture} added from {gguf}",
+        sha256=digest, size=gguf.stat().st_size, quant=manifest.get("quant_type"),
+        description=f"{info.architecture} added from {gguf}",
     )
     dump_local_entry(store.local_registry, entry)
     if copy:
@@ -134,12 +134,15 @@ def add(ctx: click.Context, gguf: Path, name: str | None, copy: bool) -> None:
 
 
 def _manifest(gguf: Path) -> dict[str, str]:
-    """The converter's manifest beside the file, if any (its quant type and output hash)."""
+    """The `output` record of the converter's manifest beside the file, if any (quant type, sha256)."""
     candidate = gguf.with_name(gguf.name + ".manifest.json")
     if not candidate.exists():
         return {}
     try:
         data = json.loads(candidate.read_text())
     except ValueError:
+        raise ModelError(f"{candidate}: not valid JSON; remove it or convert again") from None
+    output = data.get("output") if isinstance(data, dict) else None
+    if not isinstance(output, dict):
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+    return {k: str(v) for k, v in output.items() if k in ("sha256", "quant_type")}
