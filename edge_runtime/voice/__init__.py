@@ -1,0 +1,1 @@
+"""Voice kiosk module: audio sources, speech recognition (Vosk, pocketsphinx), speech synthesis and playback."""

