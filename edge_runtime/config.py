@@ -94,6 +94,8 @@ class Settings:
     system_prompt: str | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
+    # The dialogue loop is not a plugin: its options live here and edge_runtime.kiosk validates them.
+    kiosk: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def total_context(self) -> int:
@@ -238,6 +240,11 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Settings:
             values[key] = value if isinstance(value, ServerSettings) else _server(value, source)
         elif key == "modules":
             values[key] = _modules(value, source)
+        elif key == "kiosk":
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"{value!r} is not allowed; expected a mapping of kiosk options",
+                                  key="kiosk", source=source)
+            values[key] = MappingProxyType(dict(value or {}))
         elif key == "memory_budget":
             values[key] = None if value is None else parse_size(value, "memory_budget", source)
         elif key in ("models_dir", "registry"):
@@ -260,6 +267,8 @@ def to_dict(settings: Settings) -> dict[str, Any]:
             value = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(value).items()}
         elif f.name == "modules":
             value = {n: {"enabled": m.enabled, **dict(m.options)} for n, m in value.items()}
+        elif f.name == "kiosk":
+            value = dict(value)
         out[f.name] = value
     return out
 

@@ -8,7 +8,7 @@ extras="${1:-}"
 apt_packages=(python3-venv python3-dev build-essential cmake git)
 if [[ "$extras" == *dev* || "$extras" == *all* || "$extras" == *voice* || "$extras" == *ocr* ]]; then
   apt_packages+=(libportaudio2 libasound2-plugins alsa-utils espeak-ng sox tesseract-ocr tesseract-ocr-eng
-                 tesseract-ocr-kor systemd)
+                 tesseract-ocr-kor fonts-dejavu-core systemd)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -1,0 +1,1 @@
+"""The kiosk dialogue loop: voice, camera text and typed text in; streamed, spoken answers out."""

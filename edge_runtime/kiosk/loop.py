@@ -1,0 +1,285 @@
+"""Kiosk(settings, engine, voice, ocr): the idle → listening → thinking → speaking loop over shared components."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..config import Settings
+from ..engine.types import ChatMessage, Engine, GenerationRequest, SamplingParams
+from ..errors import ClawdError, UsageError
+from .audio import TimedPlayer, TimedSource
+from .history import Conversation
+from .options import KioskOptions
+from .turnlog import TurnLog, TurnRecord
+
+if TYPE_CHECKING:
+    from ..ocr.module import OcrModule
+    from ..voice.module import VoiceModule
+    from ..voice.speaker import Speaker
+
+log = logging.getLogger(__name__)
+_JOIN_TIMEOUT = 5.0
+
+
+class State(str, enum.Enum):
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass(frozen=True)
+class KioskInput:
+    """Something to answer: a transcript, a typed line or an HTTP call; `read` asks for the camera's text."""
+
+    text: str
+    source: str = "text"
+    read: bool = False
+    marks: Mapping[str, float] = field(default_factory=dict)
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+class Kiosk:
+    """One conversation at a kiosk. Components are passed in, so the daemon and the kiosk share one engine.
+
+    `voice` may be None (typed text only, answers printed) and `ocr` may be None (no camera turns).
+    """
+
+    def __init__(self, settings: Settings, engine: Engine, voice: VoiceModule | None, ocr: OcrModule | None,
+                 options: KioskOptions, *, log_to: TurnLog | None = None,
+                 on_text: Callable[[str], None] | None = None,
+                 on_state: Callable[[State], None] | None = None,
+                 on_input: Callable[[KioskInput], None] | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.voice = voice
+        self.ocr = ocr
+        self.options = options
+        self.turn_log = log_to
+        self.on_text = on_text
+        self.on_state = on_state
+        self.on_input = on_input
+        self.state = State.IDLE
+        context = options.context_tokens or settings.max_sequence_length
+        self.history = Conversation(options.system_prompt, max_turns=options.history_turns,
+                                    budget=max(64, context - options.max_tokens))
+        self.turns = 0
+        self.speaker: Speaker | None = None
+        self._player: TimedPlayer | None = None
+        if voice is not None and options.speak:
+            from ..voice.speaker import Speaker
+
+            self._player = TimedPlayer(voice.options.output)
+            self.speaker = Speaker(voice.tts(), self._player)
+        self._inputs: asyncio.Queue[KioskInput | BaseException | None] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._current: asyncio.Task[TurnRecord] | None = None
+        self._speech_start: float | None = None
+        self._threads: list[threading.Thread] = []
+        self._sources: list[TimedSource] = []
+
+    # --- state ------------------------------------------------------------------------------------
+    def _set_state(self, state: State, record: TurnRecord | None = None) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if record is not None:
+            record.states.append((state.value, time.time()))
+        if self.on_state is not None:
+            self.on_state(state)
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def submit(self, item: KioskInput | BaseException | None) -> None:
+        """Queue an input (None = no more input); safe from any thread once run() has started."""
+        loop = self._loop
+        if loop is None:
+            self._inputs.put_nowait(item)
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+                loop.call_soon_threadsafe(self._inputs.put_nowait, item)
+
+    def listen(self, source_spec: str | None = None) -> None:
+        """Start recognising speech from the voice module's input (or `source_spec`) in a thread."""
+        if self.voice is None:
+            raise UsageError("listening needs the voice module (modules.voice)")
+        voice = self.voice
+        source = TimedSource(voice.open_source(source_spec), threshold=self.options.vad_threshold,
+                             realtime=self.options.realtime_input)
+
+        def run() -> None:
+            try:
+                for text in voice.listen(source, on_speech=self._heard_speech):  # type: ignore[arg-type]
+                    marks = {"transcript": time.time()}
+                    end = source.last_voiced()
+                    if end is not None:
+                        marks["end_of_speech"] = end
+                    if self._speech_start is not None:
+                        marks["speech_start"] = self._speech_start
+                        self._speech_start = None
+                    self.submit(KioskInput(text, "voice", marks=marks))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the event loop
+                self.submit(exc)
+            finally:
+                self.submit(None)
+
+        thread = threading.Thread(target=run, name="kiosk-listen", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        self._sources.append(source)
+
+    def _heard_speech(self) -> None:
+        """Audio thread: someone started talking. Barge-in: stop the reply and drop the rest of the turn."""
+        self._speech_start = time.time()
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._barge_in)
+
+    def _barge_in(self) -> None:
+        barge = self.voice is not None and self.voice.options.barge_in
+        current = self._current
+        if barge and current is not None and not current.done():
+            log.info("barge-in: the visitor spoke while the kiosk was %s", self.state.value)
+            if self.speaker is not None:
+                self.speaker.stop()
+            current.cancel()
+        if current is None or current.done():
+            self._set_state(State.LISTENING)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    async def run(self, *, max_turns: int | None = None) -> None:
+        """Answer inputs one at a time until the input ends (None), `max_turns` are done, or cancelled."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            while max_turns is None or self.turns < max_turns:
+                item = await self._inputs.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._current = asyncio.ensure_future(self.turn(item))
+                await asyncio.wait([self._current])
+                self._current = None
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for source in self._sources:
+            source.close()
+        if self.speaker is not None:
+            self.speaker.stop()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, _JOIN_TIMEOUT)
+        self._threads = []
+
+    def _wants_read(self, item: KioskInput) -> tuple[bool, str]:
+        """(read the camera?, the question that goes with it)."""
+        words = _words(item.text)
+        for trigger in self.options.read_triggers:
+            padded = f" {words} "
+            if f" {_words(trigger)} " in padded:
+                rest = padded.replace(f" {_words(trigger)} ", " ", 1).strip()
+                return True, rest or self.options.read_prompt
+        return item.read, item.text.strip() or self.options.read_prompt
+
+    async def turn(self, item: KioskInput) -> TurnRecord:
+        """One exchange, logged whatever happens (answered, interrupted by barge-in, or failed)."""
+        self.turns += 1
+        record = TurnRecord(self.turns, item.source, user=item.text)
+        for stage, at in item.marks.items():
+            record.mark(stage, at)
+        record.mark("input")
+        if self.on_input is not None:
+            self.on_input(item)
+        self._set_state(State.THINKING, record)
+        try:
+            read, question = self._wants_read(item)
+            prompt = question
+            if read:
+                prompt = await self._read_camera(record, question)
+            await self._answer(record, prompt)
+        except asyncio.CancelledError:
+            record.interrupted = True
+        except ClawdError as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            log.error("turn %d failed: %s", record.turn, exc)
+        finally:
+            record.mark("done")
+            # Interrupted means someone is talking: the kiosk is listening to them now.
+            self._set_state(State.LISTENING if record.interrupted else State.IDLE, record)
+            if self.turn_log is not None:
+                self.turn_log.write(record)
+        return record
+
+    async def _read_camera(self, record: TurnRecord, question: str) -> str:
+        if self.ocr is None:
+            raise UsageError("reading needs the ocr module (modules.ocr) and a camera")
+        record.mark("ocr_start")
+        result = await self.ocr.read_camera(self.options.camera)
+        record.mark("ocr_done")
+        record.ocr_text = result.text
+        seen = " / ".join(line for line in result.text.splitlines() if line.strip())
+        if not seen:
+            return f"The camera shows no readable text. Tell the visitor that briefly. {question}"
+        return f'The camera shows a sign that reads: "{seen}". {question}'
+
+    async def _answer(self, record: TurnRecord, prompt: str) -> None:
+        record.prompt = prompt
+        messages = self.history.messages(prompt)
+        sampling = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature,
+                                  seed=self.options.seed)
+        deltas = self._deltas(record, GenerationRequest(sampling=sampling, messages=messages), messages)
+        try:
+            if self.speaker is not None and self._player is not None:
+                def first_audio() -> None:
+                    record.mark("first_audio")
+                    loop = self._loop
+                    if loop is not None:
+                        loop.call_soon_threadsafe(self._set_state, State.SPEAKING, record)
+                self._player.on_first_audio = first_audio
+                completed = await self.speaker.say_stream(deltas)
+                record.interrupted = record.interrupted or not completed
+            else:
+                async for _ in deltas:
+                    pass
+        finally:
+            await deltas.aclose()  # frees the engine slot if the reply was cut short
+        if not record.interrupted:
+            self.history.add(prompt, record.answer)
+
+    async def _deltas(self, record: TurnRecord, request: GenerationRequest,
+                      messages: tuple[ChatMessage, ...]) -> AsyncGenerator[str, None]:
+        record.mark("request")
+        stream = self.engine.generate(request)
+        try:
+            async for chunk in stream:
+                if chunk.text:
+                    record.mark("first_token")
+                    record.answer += chunk.text
+                    if self.on_text is not None:
+                        self.on_text(chunk.text)
+                    yield chunk.text
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                    record.usage = {"prompt_tokens": usage.prompt_tokens,
+                                    "completion_tokens": usage.completion_tokens,
+                                    "cached_prompt_tokens": usage.cached_prompt_tokens}
+                    self.history.calibrate(messages, usage.prompt_tokens)
+                if chunk.finish_reason is not None:
+                    record.mark("generated")
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                await closer()
