@@ -40,3 +40,28 @@ def test_q4_0_repacks_attention_weights_to_q4_0(tmp_path: Path) -> None:
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == "Q4_0"
     assert types["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_convert_then_models_add_uses_the_manifest(tmp_path: Path) -> None:
+    """The workstation-to-device hand-off: convert, register with `models add`, the registry keeps the quant."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edge_runtime.cli import cli
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "convert" / "llama"
+    out = tmp_path / "tiny-llama.gguf"
+    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
+    runner = CliRunner()
+    converted = runner.invoke(cli, ["convert", str(fixture), "-q", "Q8_0", "-o", str(out), "--no-progress"], env=env)
+    assert converted.exit_code == 0, converted.output + converted.stderr
+    added = runner.invoke(cli, ["models", "add", str(out), "--name", "tiny"], env=env)
+    assert added.exit_code == 0, added.output + added.stderr
+    listed = {m["name"]: m for m in json.loads(runner.invoke(cli, ["models", "list", "--json"], env=env).output)}
+    assert listed["tiny"]["quant"] == "q8_0" and listed["tiny"]["pulled"]
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 0xFF  # no longer what the manifest recorded
+    out.write_bytes(bytes(data))
+    changed = runner.invoke(cli, ["models", "add", str(out), "--name", "tiny2"], env=env)
+    assert changed.exit_code == 1 and "differs from its conversion manifest" in changed.stderr
