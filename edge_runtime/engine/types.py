@@ -85,6 +85,17 @@ class EngineStatus:
     kv_cells_used: int
     kv_cells_total: int
     load_seconds: float | None = None
+    # Cells held by idle slots as prompt-prefix cache (reclaimable; not counted in kv_cells_used).
+    kv_cells_cached: int = 0
+    # Monotonic counters since the engine was created (Prometheus counters).
+    prompt_tokens_evaluated_total: int = 0
+    cached_prompt_tokens_total: int = 0
+    completion_tokens_total: int = 0
+    requests_finished_total: int = 0
+    requests_cancelled_total: int = 0
+    loads_total: int = 0
+    # The memory plan (MemoryPlan.describe()) the engine runs with.
+    memory_plan: str = ""
 
 
 class Engine(Protocol):

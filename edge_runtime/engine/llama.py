@@ -1,0 +1,286 @@
+"""LlamaEngine: the async Engine over one worker thread that loads, batches, and unloads the model when idle."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest
+from ..gguf_file import inspect
+from .planner import MemoryPlan, plan_for
+from .sampling import grammar_text, validate
+from .scheduler import Job, Scheduler, Stats
+from .template import load_template
+from .types import Chunk, EngineState, EngineStatus, GenerationRequest
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store import ResolvedModel
+    from .native import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def _deliver(items: list[tuple[Job, Chunk | BaseException]]) -> None:
+    for job, item in items:
+        job.queue.put_nowait(item)
+
+
+class LlamaEngine:
+    """Implements the Engine protocol; all llama.cpp work happens on one dedicated worker thread.
+
+    keep_alive (Ollama-like): seconds the model stays loaded after the last request finished; 0 unloads as soon
+    as the engine is idle (and skips the preload); `.inf` never unloads. The next request reloads it (mmap makes
+    that cheap: the weights are usually still in the page cache).
+    """
+
+    def __init__(self, settings: Settings, plan: MemoryPlan, name: str, *, preload: bool = True,
+                 flash_attn: str = "auto") -> None:
+        info = inspect(plan.model_path)
+        self._template = load_template(settings.chat_template, info.chat_template)
+        self._settings = settings
+        self.plan = plan
+        self.name = name
+        self._flash_attn = flash_attn
+        self._keep_alive = settings.keep_alive
+        self._max_inflight = plan.n_parallel + settings.server.max_queue
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._inflight = 0
+        self._closing = False
+        self._want_load = preload and self._keep_alive > 0
+        self._state = EngineState.LOADING if self._want_load else EngineState.UNLOADED
+        self._reason = f"loading {plan.model_path}" if self._want_load else "not loaded yet; loads on the first request"
+        self._load_seconds: float | None = None
+        self._loads = 0
+        self._stats = Stats()
+        self._sched: Scheduler | None = None
+        self._waiting: deque[Job] = deque()
+        self._outbox: list[tuple[Job, Chunk | BaseException]] = []
+        self._idle_since = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="clawd-edge-engine", daemon=True)
+        self._thread.start()
+
+    # -- async API (event loop threads) -------------------------------------------------------------------
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        return self._generate(request)
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        if (request.prompt is None) == (request.messages is None):
+            raise InvalidRequest("give exactly one of prompt or messages", param="messages")
+        if request.messages is not None and not request.messages:
+            raise InvalidRequest("messages must not be empty", param="messages")
+        validate(request.sampling)
+        job = Job(request, grammar_text(request.sampling), asyncio.get_running_loop())
+        with self._cond:
+            if self._closing:
+                if self._state is EngineState.FAILED:
+                    raise EngineError(f"the engine is not running: {self._reason}")
+                raise EngineError("the engine is shutting down")
+            if self._inflight >= self._max_inflight:
+                queued = self._inflight - self.plan.n_parallel
+                raise EngineBusy(f"all {self.plan.n_parallel} slots are busy and {queued} requests are queued "
+                                 "(server.max_queue); retry later")
+            self._inflight += 1
+            self._pending.append(job)
+            self._cond.notify()
+        try:
+            while True:
+                item = await job.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            if not job.finished:
+                job.cancelled = True
+                with self._cond:
+                    self._cond.notify()
+
+    def status(self) -> EngineStatus:
+        sched = self._sched
+        busy = sched.busy() if sched else 0
+        s = self._stats
+        return EngineStatus(
+            state=self._state, reason=self._reason, model=self.name, slots_total=self.plan.n_parallel,
+            slots_busy=busy, queue_depth=max(0, self._inflight - busy),
+            kv_cells_used=sched.cells(busy=True) if sched else 0, kv_cells_total=self.plan.n_ctx,
+            load_seconds=self._load_seconds, kv_cells_cached=sched.cells(busy=False) if sched else 0,
+            prompt_tokens_evaluated_total=s.prompt_tokens_evaluated, cached_prompt_tokens_total=s.cached_prompt_tokens,
+            completion_tokens_total=s.completion_tokens, requests_finished_total=s.requests_finished,
+            requests_cancelled_total=s.requests_cancelled, loads_total=self._loads, memory_plan=self.plan.describe(),
+        )
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    def close_sync(self) -> None:
+        """For callers without an event loop (tests, the CLI's exit path)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    # -- worker thread -------------------------------------------------------------------------------------
+    def _emit(self, job: Job, item: Chunk | BaseException) -> None:
+        self._outbox.append((job, item))
+
+    def _done(self, job: Job) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        with self._cond:
+            self._inflight -= 1
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Chunk | BaseException]]] = {}
+        for job, item in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:  # one wake-up per event loop per step, not one per token
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:
+                log.debug("a consumer's event loop is closed; dropping %d chunk(s)", len(items))
+
+    def _idle_deadline(self) -> float | None:
+        if self._sched is None or math.isinf(self._keep_alive):
+            return None
+        return self._idle_since + self._keep_alive
+
+    def _wait_for_work(self) -> None:
+        with self._cond:
+            while not self._closing:
+                while self._pending:
+                    self._waiting.append(self._pending.popleft())
+                busy = self._sched.busy() if self._sched else 0
+                if busy or self._waiting or (self._want_load and self._sched is None):
+                    return
+                deadline = self._idle_deadline()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                self._cond.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wait_for_work()
+                if self._closing:
+                    break
+                self._tick()
+                self._flush()
+        except BaseException as exc:
+            log.exception("engine worker crashed")
+            self._state, self._reason = EngineState.FAILED, f"engine worker crashed: {exc}"
+            error = EngineError(f"the engine failed: {exc}")
+            self._fail_everything(error)
+        finally:
+            self._shutdown()
+
+    def _tick(self) -> None:
+        if self._waiting:
+            self._waiting = deque(j for j in self._waiting if not self._drop_if_cancelled(j))
+        if self._sched is None and (self._waiting or self._want_load):
+            self._load()
+        sched = self._sched
+        if sched is None:
+            return
+        had_work = bool(self._waiting) or sched.busy() > 0
+        while self._waiting and sched.free_slots():
+            sched.admit(self._waiting.popleft())
+        if sched.busy():
+            sched.step()
+        if had_work:
+            if not sched.busy() and not self._waiting:
+                self._idle_since = time.monotonic()  # keep_alive counts from the end of the last request
+        elif not self._waiting:
+            deadline = self._idle_deadline()
+            if deadline is not None and time.monotonic() >= deadline:
+                self._unload(f"unloaded after {self._keep_alive:g} s idle (keep_alive); reloads on the next "
+                             "request")
+
+    def _drop_if_cancelled(self, job: Job) -> bool:
+        if job.cancelled:
+            self._done(job)
+            return True
+        return False
+
+    def _load(self) -> None:
+        from .native import Runtime
+
+        self._want_load = False
+        self._state, self._reason = EngineState.LOADING, f"loading {self.plan.model_path}"
+        start = time.monotonic()
+        try:
+            runtime: Runtime = Runtime(self.plan, threads=self._settings.threads, flash_attn=self._flash_attn)
+        except ClawdError as exc:
+            self._state, self._reason = EngineState.FAILED, f"load failed: {exc}"
+            while self._waiting:
+                job = self._waiting.popleft()
+                self._done(job)
+                self._emit(job, exc)
+            return
+        self._load_seconds = time.monotonic() - start
+        self._loads += 1
+        self._sched = Scheduler(runtime, self._template, self._settings.system_prompt, self._stats, self._emit,
+                                self._done)
+        self._idle_since = time.monotonic()
+        self._state = EngineState.READY
+        self._reason = (f"ready: {self.plan.n_parallel} slot(s) x {self._sched.slot_limit} ctx, KV {self.plan.kv_type},"
+                        f" loaded in {self._load_seconds:.2f} s")
+        log.info("model %s loaded in %.2f s; %s", self.name, self._load_seconds, self.plan.describe())
+
+    def _unload(self, reason: str) -> None:
+        sched, self._sched = self._sched, None
+        if sched is not None:
+            sched.rt.close()
+        self._state, self._reason = EngineState.UNLOADED, reason
+        log.info("model %s %s", self.name, reason)
+
+    def _fail_everything(self, error: BaseException) -> None:
+        if self._sched is not None:
+            self._sched.fail_all(error)
+        with self._cond:
+            self._waiting.extend(self._pending)
+            self._pending.clear()
+        while self._waiting:
+            job = self._waiting.popleft()
+            if not job.finished:
+                self._done(job)
+                self._emit(job, error)
+        self._flush()
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            self._closing = True
+        self._fail_everything(EngineError("the engine shut down before this request finished"))
+        if self._state != EngineState.FAILED:
+            self._unload("shut down")
+        else:
+            sched, self._sched = self._sched, None
+            if sched is not None:
+                sched.rt.close()
+
+
+def create_engine(settings: Settings, model: ResolvedModel | Path | str, *, preload: bool = True,
+                  flash_attn: str = "auto") -> LlamaEngine:
+    """Plan memory (raising MemoryPlanError before anything is loaded), then start the engine's worker.
+
+    With `preload` the model starts loading at once (status LOADING, then READY); otherwise on the first request.
+    `flash_attn` is auto (llama.cpp decides, as llama-server does), on or off.
+    """
+    plan = plan_for(settings, model)
+    name = Path(model).stem if isinstance(model, (Path, str)) else model.name
+    return LlamaEngine(settings, plan, name, preload=preload, flash_attn=flash_attn)

@@ -1,0 +1,204 @@
+"""The llama.cpp side of the engine: one model, one context and one batch via llama-cpp-python's low-level API."""
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import EngineError, ModelError
+from .planner import MemoryPlan
+
+log = logging.getLogger(__name__)
+_PIECE_BUFFER = 256
+
+
+def import_llama() -> Any:
+    """llama_cpp is heavy (numpy, the shared library): imported only when a model is really loaded."""
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        from ..errors import DependencyMissing
+
+        raise DependencyMissing(f"llama-cpp-python ({exc})") from None
+    if not log.isEnabledFor(logging.DEBUG):
+        # llama-cpp-python prints llama.cpp's load chatter to stderr unless its logger says otherwise.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    return llama_cpp
+
+
+def _address(pointer: Any) -> int:
+    value = ctypes.cast(pointer, ctypes.c_void_p).value
+    if not value:
+        raise EngineError("llama.cpp could not allocate a batch")
+    return int(value)
+
+
+class Runtime:
+    """A loaded model + context sized by a MemoryPlan; every method runs on the engine's worker thread."""
+
+    def __init__(self, plan: MemoryPlan, *, threads: int, flash_attn: str = "auto") -> None:
+        lib = self.lib = import_llama()
+        lib.llama_backend_init()
+        self.plan = plan
+        mparams = lib.llama_model_default_params()
+        mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP if plan.use_mmap and lib.llama_supports_mmap() \
+            else lib.LLAMA_LOAD_MODE_NONE
+        self.model = lib.llama_model_load_from_file(str(plan.model_path).encode(), mparams)
+        if not self.model:
+            raise ModelError(f"{plan.model_path}: llama.cpp could not load the model (unsupported architecture "
+                             "or corrupt tensor data; run with -vv for llama.cpp's log)")
+        self.ctx: Any = None
+        self.batch: Any = None
+        try:
+            self._init_context(plan, threads, flash_attn)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_context(self, plan: MemoryPlan, threads: int, flash_attn: str) -> None:
+        lib = self.lib
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = plan.n_ctx
+        cparams.n_batch = plan.n_batch
+        cparams.n_ubatch = plan.n_ubatch
+        cparams.n_seq_max = plan.n_parallel
+        # One logits row per slot per decode at most: reserving n_batch rows (the default) would cost
+        # n_batch x n_vocab floats of compute buffer (257 MiB for Gemma-3's 262k vocabulary).
+        cparams.n_outputs_max = plan.n_parallel
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = plan.kv_unified
+        cparams.swa_full = False  # sliding-window layers keep only their window, as llama-server does
+        cparams.no_perf = True
+        kv_type = lib.GGML_TYPE_Q8_0 if plan.kv_type == "q8_0" else lib.GGML_TYPE_F16
+        cparams.type_k = kv_type
+        cparams.type_v = kv_type
+        modes = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                 "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+        # A quantized V cache only works with flash attention.
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.kv_type == "q8_0" else modes[flash_attn]
+        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise EngineError(f"llama.cpp could not create a context for {plan.describe()}")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx_seq = int(lib.llama_n_ctx_seq(self.ctx))
+        self.n_batch = int(lib.llama_n_batch(self.ctx))
+        self.n_swa = int(lib.llama_model_n_swa(self.model))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self.vocab))
+        self.bos = int(lib.llama_vocab_bos(self.vocab))
+        self.eos = int(lib.llama_vocab_eos(self.vocab))
+        self.bos_text = self._special_text(self.bos)
+        self.eos_text = self._special_text(self.eos)
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
+        self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self._token_addr = _address(self.batch.token)
+        self._pos_addr = _address(self.batch.pos)
+        self._logits_addr = _address(self.batch.logits)
+        self._seq_rows = [self.batch.seq_id[i] for i in range(self.n_batch)]
+        for i in range(self.n_batch):
+            self.batch.n_seq_id[i] = 1
+        self.batch.n_tokens = 0
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny decode pages the mmapped weights in and builds the graph, so the first request is not slow."""
+        token = self.bos if self.bos >= 0 else 0
+        self.add_one(0, token, 0, 0)
+        if self.decode() != 0:
+            raise EngineError(f"llama.cpp failed its first decode of {self.plan.model_path}")
+        self.lib.llama_memory_clear(self.memory, True)
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        n = self.lib.llama_token_to_piece(self.vocab, token, ctypes.create_string_buffer(64), 64, 0, True)
+        buf = ctypes.create_string_buffer(max(n, 64))
+        n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
+
+    # -- text ---------------------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        raw = text.encode("utf-8")
+        size = len(raw) + 8
+        while True:
+            buf = (self.lib.llama_token * size)()
+            n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, size, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            if -n <= size:  # pragma: no cover - llama.cpp only returns a negative count when it needs more room
+                raise EngineError("llama.cpp failed to tokenize the prompt")
+            size = -n
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of a generated token (control tokens render as nothing), cached per token id."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf, _PIECE_BUFFER, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+            data = buf.raw[:n]
+        else:
+            data = self._piece_buf.raw[:n]
+        self._pieces[token] = data
+        return data
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+
+    # -- KV cache -------------------------------------------------------------------------------------------
+    def seq_rm(self, seq: int, start: int) -> bool:
+        """Drop the cells of `seq` at positions >= start; False if the cache cannot cut there (recurrent/SWA)."""
+        return bool(self.lib.llama_memory_seq_rm(self.memory, seq, start, -1))
+
+    def seq_pos_min(self, seq: int) -> int:
+        return int(self.lib.llama_memory_seq_pos_min(self.memory, seq))
+
+    # -- batch ----------------------------------------------------------------------------------------------
+    def add(self, at: int, tokens: Sequence[int], start_pos: int, seq: int, *, logits: bool = False) -> int:
+        """Write `tokens` into the batch at index `at` (positions from start_pos); returns the next free index.
+
+        Only the last token can ask for logits: a slot samples once per decode at most.
+        """
+        n = len(tokens)
+        ctypes.memmove(self._token_addr + 4 * at, (ctypes.c_int32 * n)(*tokens), 4 * n)
+        ctypes.memmove(self._pos_addr + 4 * at, (ctypes.c_int32 * n)(*range(start_pos, start_pos + n)), 4 * n)
+        ctypes.memset(self._logits_addr + at, 0, n)
+        rows = self._seq_rows
+        for i in range(at, at + n):
+            rows[i][0] = seq
+        if logits:
+            self.batch.logits[at + n - 1] = 1
+        self.batch.n_tokens = at + n
+        return at + n
+
+    def add_one(self, at: int, token: int, pos: int, seq: int) -> int:
+        """The per-step hot path of a generating slot: one token that wants logits."""
+        batch = self.batch
+        batch.token[at] = token
+        batch.pos[at] = pos
+        self._seq_rows[at][0] = seq
+        batch.logits[at] = 1
+        batch.n_tokens = at + 1
+        return at + 1
+
+    def decode(self) -> int:
+        """0 ok, 1 no room in the KV cache, other values are llama.cpp errors."""
+        return int(self.lib.llama_decode(self.ctx, self.batch))
+
+    def close(self) -> None:
+        lib = self.lib
+        if self.batch is not None:
+            lib.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lib.llama_model_free(self.model)
+            self.model = None

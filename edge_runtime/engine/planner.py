@@ -1,0 +1,198 @@
+"""Memory planner: from GGUF metadata and the memory budget, choose slots x context, KV type and mmap, or refuse."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import sysinfo
+from ..errors import ConfigError, MemoryPlanError
+from ..gguf_file import GgufInfo, inspect
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store import ResolvedModel
+
+MIB = 1024**2
+# Bytes per KV element: f16 is 2; q8_0 stores 32 values in 34 bytes (one f16 scale per block).
+KV_ELEMENT_BYTES = {"f16": 2.0, "q8_0": 34 / 32}
+# The smallest per-slot context the planner shrinks to before it gives up (a short chat still fits).
+MIN_SLOT_CONTEXT = 256
+# Python, llama.cpp's code, jinja2, asyncio and the HTTP stack: measured RSS of an idle daemon is ~70-90 MiB.
+RUNTIME_OVERHEAD = 96 * MIB
+# Physical batch: llama-server uses 512; a larger ubatch only grows the compute buffer on CPU.
+MAX_UBATCH = 512
+# Sliding-window architectures: one layer in N uses full attention, the others only the window (llama.cpp's
+# per-architecture layer patterns; the GGUFs of these families do not record the pattern).
+SWA_GLOBAL_EVERY = {"gemma3": 6, "gemma2": 2, "cohere2": 4}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What the engine will allocate, decided before anything is loaded; sizes in bytes."""
+
+    model_path: Path
+    budget: int
+    budget_source: str
+    n_parallel: int
+    n_ctx_per_slot: int
+    n_ctx: int
+    kv_type: str
+    kv_unified: bool
+    use_mmap: bool
+    n_batch: int
+    n_ubatch: int
+    weights_bytes: int
+    kv_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+
+    def describe(self) -> str:
+        """One line for `clawd-edge doctor` and the daemon's startup log."""
+        layout = "one pool shared by the slots" if self.kv_unified else "split evenly"
+        text = (
+            f"{self.n_parallel} slot(s) x {self.n_ctx_per_slot} ctx ({self.n_ctx} KV cells, {layout}, "
+            f"KV {self.kv_type}), {'mmap' if self.use_mmap else 'read into RAM'}, batch {self.n_batch}/"
+            f"{self.n_ubatch}; estimated {_mib(self.total_bytes)} = weights {_mib(self.weights_bytes)} + "
+            f"KV {_mib(self.kv_bytes)} + compute {_mib(self.compute_bytes)} + runtime "
+            f"{_mib(self.overhead_bytes)}, of budget {_mib(self.budget)} ({self.budget_source})"
+        )
+        if self.notes:
+            text += "; " + "; ".join(self.notes)
+        return text
+
+
+def _mib(n: float) -> str:
+    return f"{n / MIB:.0f} MiB"
+
+
+def _layer_bytes(info: GgufInfo, kv_type: str) -> float:
+    """K and V of one layer for one context cell."""
+    arch = info.architecture
+    k_dim = int(info.metadata.get(f"{arch}.attention.key_length", info.head_dim))
+    v_dim = int(info.metadata.get(f"{arch}.attention.value_length", k_dim))
+    return info.n_head_kv * (k_dim + v_dim) * KV_ELEMENT_BYTES[kv_type]
+
+
+def kv_bytes_per_cell(info: GgufInfo, kv_type: str) -> float:
+    """K and V of every full-attention layer for one context cell (one token of one sequence)."""
+    return (info.n_layers - _swa_layers(info)) * _layer_bytes(info, kv_type)
+
+
+def _swa_layers(info: GgufInfo) -> int:
+    """Layers with sliding-window attention: their cache holds only the window (llama.cpp swa_full=false)."""
+    window = info.metadata.get(f"{info.architecture}.attention.sliding_window")
+    every = SWA_GLOBAL_EVERY.get(info.architecture)
+    if not window or not every:
+        return 0  # unknown layout: plan every layer at full size (an over-estimate, never an OOM)
+    return info.n_layers - info.n_layers // every
+
+
+def swa_bytes(info: GgufInfo, kv_type: str, n_parallel: int, slot_ctx: int, n_ubatch: int) -> int:
+    """The sliding-window layers' cache: per sequence, the window plus one ubatch, padded to 256 cells."""
+    layers = _swa_layers(info)
+    if not layers:
+        return 0
+    window = int(info.metadata[f"{info.architecture}.attention.sliding_window"])
+    cells = min(slot_ctx, -(-(window + n_ubatch) // 256) * 256)
+    return int(layers * _layer_bytes(info, kv_type) * cells * n_parallel)
+
+
+def compute_bytes(info: GgufInfo, n_ubatch: int, n_outputs: int) -> int:
+    """llama.cpp's CPU compute and output buffers, fitted on SmolLM2 and Gemma-3 logs, rounded up.
+
+    The engine asks for at most one output (logits row) per slot per decode, so the logits buffers scale with
+    the slot count rather than with the batch (llama.cpp's default would reserve n_batch x n_vocab floats).
+    """
+    n_ff = int(info.metadata.get(f"{info.architecture}.feed_forward_length", 4 * info.n_embd))
+    activations = n_ubatch * (info.n_embd * 24 + n_ff * 8)
+    logits = n_outputs * info.n_vocab * 4 * 2
+    return activations + logits + 2 * MIB
+
+
+def _choose_kv_types(requested: str) -> tuple[str, ...]:
+    if requested == "auto":
+        return ("f16", "q8_0")
+    if requested in KV_ELEMENT_BYTES:
+        return (requested,)
+    raise ConfigError(f"{requested!r} is not allowed; expected one of auto, f16, q8_0", key="kv_cache_type")
+
+
+def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_ctx_per_slot: int,
+         total_context: int | None = None, kv_cache_type: str = "auto", n_batch: int = 256) -> MemoryPlan:
+    """Fit `n_parallel` slots of `n_ctx_per_slot` into `budget`: f16 KV, else q8_0 (auto), else a shorter context.
+
+    `total_context` below n_parallel x n_ctx_per_slot makes the slots share one KV pool (unified cache).
+    Raises MemoryPlanError naming the sizes when even the smallest context cannot fit.
+    """
+    if n_parallel < 1 or n_ctx_per_slot < 1 or n_batch < 1:
+        raise ConfigError("parallel, max_sequence_length and batch_size must be >= 1")
+    notes: list[str] = []
+    slot_ctx = n_ctx_per_slot
+    if info.n_ctx_train and slot_ctx > info.n_ctx_train:
+        notes.append(f"max_sequence_length {slot_ctx} capped to the model's training context {info.n_ctx_train}")
+        slot_ctx = info.n_ctx_train
+    unified = total_context is not None and total_context < n_parallel * slot_ctx
+    pool = total_context if unified and total_context is not None else n_parallel * slot_ctx
+    slot_ctx = min(slot_ctx, pool)
+    n_ubatch = min(n_batch, MAX_UBATCH)
+    weights = info.file_size
+    compute = compute_bytes(info, n_ubatch, n_parallel)
+    fixed = weights + compute + RUNTIME_OVERHEAD
+    kv_types = _choose_kv_types(kv_cache_type)
+
+    def build(kv_type: str, cells: int, per_slot: int) -> MemoryPlan:
+        return MemoryPlan(
+            model_path=info.path, budget=budget, budget_source=budget_source, n_parallel=n_parallel,
+            n_ctx_per_slot=per_slot, n_ctx=cells, kv_type=kv_type, kv_unified=unified, use_mmap=True,
+            n_batch=n_batch, n_ubatch=n_ubatch, weights_bytes=weights,
+            kv_bytes=int(cells * kv_bytes_per_cell(info, kv_type))
+            + swa_bytes(info, kv_type, n_parallel, per_slot, n_ubatch), compute_bytes=compute,
+            overhead_bytes=RUNTIME_OVERHEAD, notes=tuple(notes),
+        )
+
+    for kv_type in kv_types:
+        if build(kv_type, pool, slot_ctx).total_bytes <= budget:
+            if kv_type != kv_types[0]:
+                notes.append(f"KV {kv_types[0]} would need {_mib(build(kv_types[0], pool, slot_ctx).kv_bytes)}; "
+                             f"using {kv_type}")
+            return build(kv_type, pool, slot_ctx)
+    # Keep the slot count, use the most compact KV type, and shrink the context until it fits.
+    kv_type = kv_types[-1]
+    swa = swa_bytes(info, kv_type, n_parallel, slot_ctx, n_ubatch)
+    cells = max(0, int((budget - fixed - swa) // max(kv_bytes_per_cell(info, kv_type), 1.0)))
+    floor = min(MIN_SLOT_CONTEXT, slot_ctx)
+    if unified:
+        new_pool = min(pool, cells)
+        new_pool -= new_pool % 256 if new_pool >= 256 else 0
+        per_slot = min(slot_ctx, new_pool)
+    else:
+        per_slot = min(slot_ctx, cells // n_parallel)
+        # llama.cpp pads KV sizes to 256 cells anyway, so a round size wastes nothing.
+        per_slot -= per_slot % 256 if per_slot >= 256 else 0
+        new_pool = per_slot * n_parallel
+    if per_slot >= floor:
+        notes.append(f"context shrunk from {n_ctx_per_slot} to {per_slot} per slot to fit the budget")
+        return build(kv_type, new_pool, per_slot)
+    smallest = build(kv_type, floor if unified else floor * n_parallel, floor)
+    raise MemoryPlanError(
+        f"{info.path.name} does not fit in the memory budget of {_mib(budget)} ({budget_source}): it needs at "
+        f"least {_mib(smallest.total_bytes)} (weights {_mib(weights)} + KV {_mib(smallest.kv_bytes)} for "
+        f"{n_parallel} slot(s) x {floor} ctx {kv_type} + compute {_mib(compute)} + runtime "
+        f"{_mib(RUNTIME_OVERHEAD)}); use a smaller model, fewer slots (parallel) or a larger memory_budget"
+    )
+
+
+def plan_for(settings: Settings, model: ResolvedModel | Path | str) -> MemoryPlan:
+    """The plan the engine would use for `settings` and `model`, without loading anything."""
+    path = model if isinstance(model, (Path, str)) else model.path
+    info = inspect(path)
+    budget, source = sysinfo.memory_budget(settings.memory_budget)
+    return plan(info, budget=budget, budget_source=source, n_parallel=settings.parallel,
+                n_ctx_per_slot=settings.max_sequence_length,
+                total_context=settings.context, kv_cache_type=settings.kv_cache_type, n_batch=settings.batch_size)

@@ -1,0 +1,303 @@
+"""Continuous batching: slots share one KV cache; each step packs every slot's work into one llama_decode."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ClawdError, EngineError, InvalidRequest
+from .native import Runtime
+from .sampling import Sampler
+from .template import ChatTemplate
+from .text import StopMatcher, Utf8Stream
+from .types import ChatMessage, Chunk, FinishReason, GenerationRequest, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request from submission to its last chunk; the consumer side only reads `queue` and sets `cancelled`."""
+
+    request: GenerationRequest
+    grammar: str | None
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Chunk | BaseException] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    finished: bool = False
+    # Worker-side state.
+    prompt: list[int] = field(default_factory=list)
+    n_past: int = 0
+    n_cached: int = 0
+    n_generated: int = 0
+    generating: bool = False
+    next_token: int = -1
+    order: int = 0
+    sampler: Sampler | None = None
+    utf8: Utf8Stream = field(default_factory=Utf8Stream)
+    stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+
+
+@dataclass(eq=False)
+class Slot:
+    """A sequence id of the KV cache and the tokens whose cells it holds (positions 0..len-1)."""
+
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    job: Job | None = None
+    last_used: int = 0
+
+
+@dataclass
+class Stats:
+    """Monotonic counters for /metrics; plain ints written by the worker thread only."""
+
+    prompt_tokens_evaluated: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests_finished: int = 0
+    requests_cancelled: int = 0
+    decode_calls: int = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    """Owns the slots of one loaded Runtime; every method runs on the engine's worker thread."""
+
+    def __init__(self, rt: Runtime, template: ChatTemplate | None, system_prompt: str | None, stats: Stats,
+                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None]) -> None:
+        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot."""
+        self.rt = rt
+        self.template = template
+        self.system_prompt = system_prompt
+        self.stats = stats
+        self.emit = emit
+        self.done = done
+        self.slots = [Slot(seq) for seq in range(rt.plan.n_parallel)]
+        self.slot_limit = min(rt.plan.n_ctx_per_slot, rt.n_ctx_seq)
+        self.unified = rt.plan.kv_unified
+        self._clock = itertools.count(1)
+
+    # -- admission ----------------------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return sum(1 for s in self.slots if s.job is None)
+
+    def busy(self) -> int:
+        return sum(1 for s in self.slots if s.job is not None)
+
+    def cells(self, busy: bool) -> int:
+        return sum(len(s.tokens) for s in self.slots if (s.job is not None) == busy)
+
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        rt = self.rt
+        if request.messages is not None:
+            if self.template is None:
+                raise InvalidRequest(
+                    f"{rt.plan.model_path.name} has no chat template (no tokenizer.chat_template in the GGUF) and "
+                    "none is configured; set chat_template in config.yaml or send a plain prompt", param="messages")
+            messages = list(request.messages)
+            if self.system_prompt and not any(m.role == "system" for m in messages):
+                messages.insert(0, ChatMessage("system", self.system_prompt))
+            text = self.template.render(messages, bos_token=rt.bos_text, eos_token=rt.eos_text)
+            param = "messages"
+        else:
+            text = request.prompt or ""
+            param = "prompt"
+        tokens = rt.tokenize(text, add_special=True)
+        if rt.add_bos and len(tokens) >= 2 and tokens[0] == tokens[1] == rt.bos:
+            del tokens[0]  # the template wrote bos_token itself; llama.cpp added another
+        if not tokens:
+            raise InvalidRequest("the prompt is empty", param=param)
+        if len(tokens) >= self.slot_limit:
+            raise InvalidRequest(
+                f"the prompt is {len(tokens)} tokens but a slot's context holds {self.slot_limit} "
+                f"(max_sequence_length); shorten it", param=param)
+        return tokens
+
+    def admit(self, job: Job) -> bool:
+        """Prepare `job` and give it the free slot with the longest cached prefix; False if no slot is free."""
+        free = [s for s in self.slots if s.job is None]
+        if not free:
+            return False
+        try:
+            job.prompt = self._prompt_tokens(job.request)
+            params = job.request.sampling
+            job.stop = StopMatcher(params.stop)
+            job.sampler = Sampler(self.rt.lib, self.rt.vocab, params, job.grammar, n_vocab=self.rt.n_vocab,
+                                  n_ctx=self.slot_limit)
+        except ClawdError as exc:
+            self.done(job)
+            self.emit(job, exc)
+            return True
+        slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt), -s.last_used))
+        reuse = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)
+        rt = self.rt
+        if reuse > 0 and rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > max(0, reuse - rt.n_swa):
+            reuse = 0  # the sliding window already dropped cells this continuation would attend to
+        if not rt.seq_rm(slot.seq, reuse):
+            reuse = 0
+            rt.seq_rm(slot.seq, 0)
+        del slot.tokens[reuse:]
+        job.n_past = job.n_cached = reuse
+        job.order = next(self._clock)
+        last_n = job.request.sampling.penalty_last_n
+        job.sampler.accept_prompt(job.prompt if last_n < 0 else job.prompt[max(0, len(job.prompt) - last_n):])
+        slot.job = job
+        self.stats.cached_prompt_tokens += reuse
+        return True
+
+    # -- one step -----------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Release cancelled jobs, pack one batch (all next tokens, then prompt chunks), decode, sample."""
+        rt = self.rt
+        for slot in self.slots:
+            if slot.job is not None and slot.job.cancelled:
+                self._release(slot, cancelled=True)
+        generating = [s for s in self.slots if s.job is not None and s.job.generating]
+        prompting = sorted((s for s in self.slots if s.job is not None and not s.job.generating),
+                           key=lambda s: s.job.order if s.job else 0)
+        budget = rt.n_batch - len(generating)
+        if self.unified:
+            budget = min(budget, self._make_room(len(generating)) - len(generating))
+            generating = [s for s in generating if s.job is not None]
+        at = 0
+        outputs: list[tuple[Slot, int]] = []
+        undo: list[tuple[Slot, int, int]] = []
+        for slot in generating:
+            job = slot.job
+            assert job is not None
+            undo.append((slot, len(slot.tokens), job.n_past))
+            at = rt.add_one(at, job.next_token, len(slot.tokens), slot.seq)
+            slot.tokens.append(job.next_token)
+            outputs.append((slot, at - 1))
+        for slot in prompting:
+            job = slot.job
+            assert job is not None
+            take = min(budget, len(job.prompt) - job.n_past)
+            if take <= 0:
+                break
+            undo.append((slot, len(slot.tokens), job.n_past))
+            chunk = job.prompt[job.n_past:job.n_past + take]
+            last = job.n_past + take == len(job.prompt)
+            at = rt.add(at, chunk, job.n_past, slot.seq, logits=last)
+            slot.tokens.extend(chunk)
+            job.n_past += take
+            budget -= take
+            if last:
+                outputs.append((slot, at - 1))
+        if at == 0:
+            return
+        status = rt.decode()
+        self.stats.decode_calls += 1
+        if status != 0:
+            self._decode_failed(status, undo)
+            return
+        self.stats.prompt_tokens_evaluated += at - len(generating)
+        for slot, index in outputs:
+            job = slot.job
+            assert job is not None and job.sampler is not None
+            job.generating = True
+            self._on_token(slot, job.sampler.sample(rt.ctx, index))
+
+    def _on_token(self, slot: Slot, token: int) -> None:
+        job = slot.job
+        assert job is not None
+        rt = self.rt
+        if rt.is_eog(token):
+            self._finish(slot, FinishReason.STOP, job.stop.feed(job.utf8.flush())[0] + job.stop.flush())
+            return
+        job.n_generated += 1
+        text, stopped = job.stop.feed(job.utf8.feed(rt.piece(token)))
+        if stopped:
+            self._finish(slot, FinishReason.STOP, text)
+        elif job.n_generated >= job.request.sampling.max_tokens or len(slot.tokens) >= self.slot_limit:
+            tail, stopped = job.stop.feed(job.utf8.flush())
+            self._finish(slot, FinishReason.STOP if stopped else FinishReason.LENGTH,
+                         text + tail + ("" if stopped else job.stop.flush()))
+        else:
+            job.next_token = token
+            if text:
+                self.emit(job, Chunk(text))
+
+    def _finish(self, slot: Slot, reason: FinishReason, text: str) -> None:
+        job = slot.job
+        assert job is not None
+        usage = Usage(prompt_tokens=len(job.prompt), completion_tokens=job.n_generated,
+                      cached_prompt_tokens=job.n_cached)
+        self.stats.completion_tokens += job.n_generated
+        self.stats.requests_finished += 1
+        self._release(slot, cancelled=False)
+        self.emit(job, Chunk(text, finish_reason=reason, usage=usage))
+
+    def _release(self, slot: Slot, *, cancelled: bool) -> None:
+        """Free the slot now; its cells stay as a prefix cache, except a cancelled answer's (never continued)."""
+        job = slot.job
+        assert job is not None
+        self.done(job)
+        if job.sampler is not None:
+            job.sampler.free()
+            job.sampler = None
+        if cancelled:
+            keep = min(len(slot.tokens), len(job.prompt))
+            self.rt.seq_rm(slot.seq, keep)
+            del slot.tokens[keep:]
+            self.stats.completion_tokens += job.n_generated
+            self.stats.requests_cancelled += 1
+        slot.job = None
+        slot.last_used = next(self._clock)
+
+    def _make_room(self, needed: int) -> int:
+        """Unified KV: free cells for this step, evicting idle prefix caches, then the longest stream if need be."""
+        total = self.rt.plan.n_ctx
+        free = total - sum(len(s.tokens) for s in self.slots)
+        for slot in sorted(self.slots, key=lambda s: s.last_used):
+            if free >= max(needed, 1) + self.rt.n_batch // 2:
+                break
+            if slot.job is None and slot.tokens:
+                free += len(slot.tokens)
+                self.rt.seq_rm(slot.seq, 0)
+                slot.tokens.clear()
+        while free < needed:
+            victim = max((s for s in self.slots if s.job is not None and s.job.generating),
+                         key=lambda s: len(s.tokens))
+            assert victim.job is not None
+            job = victim.job
+            free += len(victim.tokens)
+            self._finish(victim, FinishReason.LENGTH, job.stop.flush())
+            self.rt.seq_rm(victim.seq, 0)
+            victim.tokens.clear()
+            needed -= 1
+        return free
+
+    def _decode_failed(self, status: int, undo: list[tuple[Slot, int, int]]) -> None:
+        for slot, n_tokens, n_past in undo:
+            del slot.tokens[n_tokens:]
+            if slot.job is not None:
+                slot.job.n_past = n_past
+        if status == 1 and self.unified and any(s.job is None and s.tokens for s in self.slots):
+            return  # _make_room evicts an idle cache before the next attempt
+        log.error("llama_decode failed with status %d", status)
+        error = EngineError(f"llama.cpp failed to decode (status {status})")
+        for slot, _, _ in undo:
+            job = slot.job
+            if job is not None:
+                self._release(slot, cancelled=False)
+                self.emit(job, error)
+            self.rt.seq_rm(slot.seq, 0)
+            slot.tokens.clear()
+
+    def fail_all(self, error: BaseException) -> None:
+        for slot in self.slots:
+            job = slot.job
+            if job is not None:
+                self._release(slot, cancelled=False)
+                self.emit(job, error)
