@@ -1,0 +1,103 @@
+"""`clawd-edge serve`: load the model, then run the OpenAI-compatible daemon until SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from edge_runtime.cli import state
+from edge_runtime.engine.types import EngineState
+from edge_runtime.errors import ClawdError, EngineError
+
+if TYPE_CHECKING:
+    from edge_runtime.config import Settings
+    from edge_runtime.engine.types import Engine
+    from edge_runtime.sdnotify import Notifier
+
+log = logging.getLogger("edge_runtime.serve")
+LOAD_POLL_SECONDS = 0.05
+
+
+async def _wait_loaded(engine: Engine, settings: Settings) -> None:
+    """Until the preloaded model is READY; keep_alive 0 means "load on demand", so nothing to wait for."""
+    if settings.keep_alive == 0:
+        return
+    while True:
+        status = engine.status()
+        if status.state == EngineState.READY:
+            return
+        if status.state == EngineState.FAILED:
+            raise EngineError(f"the model did not load: {status.reason}")
+        await asyncio.sleep(LOAD_POLL_SECONDS)
+
+
+async def _run(settings: Settings, notifier: Notifier) -> None:
+    from edge_runtime.engine import create_engine
+    from edge_runtime.modules import enabled_modules
+    from edge_runtime.server import create_app
+    from edge_runtime.server.runner import bind, serve
+    from edge_runtime.store import resolve_model
+
+    # Bind first: a taken port fails in milliseconds, not after loading the model.
+    sock = bind(settings.server.host, settings.server.port)
+    engine: Engine | None = None
+    try:
+        notifier.status("resolving the model")
+        resolved = resolve_model(settings)
+        notifier.status(f"loading {resolved.name}")
+        started = time.monotonic()
+        # A registry model is served under its registry name; a bare GGUF under its file stem (an OpenAI model
+        # id without the spaces of the GGUF's general.name). create_engine plans memory before any load.
+        llama = create_engine(settings, resolved if resolved.entry is not None else resolved.path)
+        engine = llama
+        name = engine.status().model
+        log.info("memory plan for %s: %s", name, llama.plan.describe())
+        await _wait_loaded(engine, settings)
+        log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
+        modules = enabled_modules(settings)
+        app = create_app(settings, engine, modules)
+    except BaseException:
+        sock.close()
+        if engine is not None:
+            await engine.close()
+        raise
+    await serve(settings, engine, app, sock, notifier)
+
+
+@click.command()
+@click.option("--model", "-m", default=None, help="Registry name or GGUF path (default: config model_path).")
+@click.option("--host", default=None, help="Address to bind (default: server.host, 127.0.0.1).")
+@click.option("--port", "-p", type=click.IntRange(0, 65535), default=None,
+              help="TCP port (default: server.port, 8080).")
+@click.option("--parallel", "-np", type=click.IntRange(1, 64), default=None,
+              help="Parallel slots: requests decoded together (default: parallel, 4).")
+@click.option("--ctx", "-c", "context", type=click.IntRange(16), default=None,
+              help="Total KV cells shared by the slots (default: context, else parallel x max_sequence_length); "
+                   "the memory planner shrinks it to fit the memory budget.")
+@click.option("--threads", "-t", type=click.IntRange(1, 256), default=None,
+              help="CPU threads for llama.cpp (default: threads, all cores).")
+@click.option("--api-key", default=None, envvar="CLAWD_EDGE_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every route but /health (default: server.api_key).")
+@click.pass_context
+def serve(ctx: click.Context, model: str | None, host: str | None, port: int | None, parallel: int | None,
+          context: int | None, threads: int | None, api_key: str | None) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /health, /metrics)."""
+    from edge_runtime.sdnotify import Notifier
+
+    settings = state(ctx).settings.replace(
+        model_path=model, threads=threads, parallel=parallel, context=context,
+        **{"server.host": host, "server.port": port, "server.api_key": api_key},
+    )
+    # A daemon logs its requests by default (journald-friendly); -v still adds uvicorn's own messages.
+    runtime_log = logging.getLogger("edge_runtime")
+    if runtime_log.getEffectiveLevel() > logging.INFO:
+        runtime_log.setLevel(logging.INFO)
+    notifier = Notifier()
+    try:
+        asyncio.run(_run(settings, notifier))
+    except ClawdError as exc:
+        notifier.status(f"failed: {exc}")
+        raise

@@ -1,0 +1,90 @@
+"""`create_app(settings, engine, modules)`: the daemon's FastAPI app, all state on the app, none in modules."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from edge_runtime import __version__
+from edge_runtime.config import Settings
+from edge_runtime.engine.types import Engine, EngineState
+from edge_runtime.modules import Module
+
+from .context import AppContext
+from .errors import install_handlers
+from .metrics import ServerMetrics
+from .middleware import AccessLog, ApiKeyAuth, BodyLimit
+from .openai_api import openai_router
+
+log = logging.getLogger(__name__)
+
+
+def _lifespan(modules: Sequence[Module]) -> Any:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started: list[Module] = []
+        try:
+            for module in modules:
+                await module.start()
+                started.append(module)
+                log.info("module %s started", module.name)
+            yield
+        finally:
+            for module in reversed(started):
+                try:
+                    await module.stop()
+                except Exception:
+                    log.exception("module %s failed to stop", module.name)
+    return lifespan
+
+
+def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = ()) -> FastAPI:
+    """The HTTP API over `engine`; enabled kiosk `modules` get their routers mounted and run with the app."""
+    metrics = ServerMetrics(engine.status)
+    ctx = AppContext(settings=settings, engine=engine, metrics=metrics)
+    app = FastAPI(title="clawd-edge", version=__version__, docs_url=None, redoc_url=None,
+                  lifespan=_lifespan(tuple(modules)))
+    app.state.clawd = ctx
+    install_handlers(app)
+    app.include_router(openai_router(ctx))
+    for module in modules:
+        for router in module.routers():
+            app.include_router(router)
+
+    @app.get("/health", responses={503: {"description": "Model loading, unloaded or failed"}})
+    def health() -> JSONResponse:
+        """200 when the model is loaded and ready; 503 with the engine's reason otherwise (no API key needed)."""
+        s = engine.status()
+        ready = s.state == EngineState.READY
+        body: dict[str, Any] = {
+            "status": "ok" if ready else "unavailable", "state": s.state.value, "reason": s.reason,
+            "model": s.model, "slots_total": s.slots_total, "slots_busy": s.slots_busy,
+            "queue_depth": s.queue_depth,
+        }
+        if not ready:
+            body["error"] = {"message": f"model {s.state.value}: {s.reason}", "type": "server_error",
+                             "param": None, "code": f"model_{s.state.value}"}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus text exposition (this app's own registry)."""
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    # Added innermost first: BodyLimit sees the request last, AccessLog first (and so times everything).
+    app.add_middleware(BodyLimit, limit=settings.server.max_request_bytes)
+    if settings.server.api_key:
+        app.add_middleware(ApiKeyAuth, api_key=settings.server.api_key)
+    if settings.server.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.server.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(AccessLog, metrics=metrics)
+    return app

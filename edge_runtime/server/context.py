@@ -1,0 +1,71 @@
+"""What every route of one app shares (settings, engine, metrics); passed in, never a module global."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.config import Settings
+from edge_runtime.engine.types import Engine
+from edge_runtime.errors import ClawdError, RegistryError
+
+from .metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    engine: Engine
+    metrics: ServerMetrics
+    started: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model_id(self) -> str:
+        """The OpenAI `model` id of the served model: the engine's name for it."""
+        return self.engine.status().model or Path(self.settings.model_path).stem
+
+    def _registry_entries(self) -> list[Any]:
+        from edge_runtime.store import ModelStore
+
+        try:
+            store = ModelStore.from_settings(self.settings)
+        except ClawdError as exc:
+            log.warning("model registry unavailable: %s", exc)
+            return []
+        return [(e, store.path_for(e)) for e in store.registry.entries if e.kind == "llm"]
+
+    def resolve(self, requested: str | None) -> str:
+        """The served model id if `requested` names it (id, alias, configured name or file), else 404."""
+        served = self.model_id
+        if requested is None or requested == "":
+            return served
+        wanted = requested.casefold()
+        configured = self.settings.model_path
+        names = {served, configured, Path(configured).name, Path(configured).stem}
+        if wanted in {n.casefold() for n in names}:
+            return served
+        for entry, _ in self._registry_entries():
+            if entry.name == served and wanted in {entry.name.casefold(), *(a.casefold() for a in entry.aliases)}:
+                return served
+        raise RegistryError(f"model {requested!r} is not served here; this daemon serves {served!r} "
+                            "(start it with --model to serve another)")
+
+    def models(self) -> list[dict[str, Any]]:
+        """The loaded model first, then every LLM in the registry (pulled or not)."""
+        served = self.model_id
+        status = self.engine.status()
+        data: list[dict[str, Any]] = [{
+            "id": served, "object": "model", "created": self.started, "owned_by": "clawd-edge",
+            "loaded": True, "state": status.state.value,
+        }]
+        for entry, path in self._registry_entries():
+            if entry.name == served:
+                data[0]["aliases"] = list(entry.aliases)
+                continue
+            data.append({"id": entry.name, "object": "model", "created": 0, "owned_by": "clawd-edge-registry",
+                         "loaded": False, "downloaded": path.exists(), "aliases": list(entry.aliases)})
+        return data

@@ -1,0 +1,148 @@
+"""Prometheus metrics on a per-app CollectorRegistry: HTTP, tokens, latency, and engine state read at scrape time."""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from edge_runtime.engine.types import EngineState, EngineStatus
+
+PREFIX = "clawd_edge"
+TOKEN_RATE_WINDOW = 30.0
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+
+
+def _status_file_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class _TokenRate:
+    """Completion tokens per second over a sliding window (thread-safe: scrapes run in a worker thread)."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self, tokens: int) -> None:
+        with self._lock:
+            self._events.append((self._clock(), tokens))
+
+    def rate(self) -> float:
+        now = self._clock()
+        with self._lock:
+            while self._events and self._events[0][0] < now - self._window:
+                self._events.popleft()
+            return sum(n for _, n in self._events) / self._window
+
+
+# The engine's own monotonic counters (all callers: HTTP and kiosk), exported as they are.
+_ENGINE_COUNTERS = (
+    ("prompt_tokens_evaluated", "prompt_tokens_evaluated_total", "Prompt tokens run through llama_decode"),
+    ("prompt_tokens_cached", "cached_prompt_tokens_total", "Prompt tokens reused from the prefix cache"),
+    ("completion_tokens", "completion_tokens_total", "Tokens generated"),
+    ("requests_finished", "requests_finished_total", "Generations that ended normally"),
+    ("requests_cancelled", "requests_cancelled_total", "Generations cancelled by their caller (disconnects)"),
+    ("model_loads", "loads_total", "Times the model was loaded (keep_alive unloads and reloads)"),
+)
+
+
+class _EngineCollector:
+    """Gauges that are the engine's own numbers, read when Prometheus scrapes (never stale)."""
+
+    def __init__(self, status: Callable[[], EngineStatus], rate: _TokenRate) -> None:
+        self._status = status
+        self._rate = rate
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily; describing would call status() at registration time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        s = self._status()
+        yield InfoMetricFamily(f"{PREFIX}_model", "The model this daemon serves", value={"model": s.model})
+        state = GaugeMetricFamily(f"{PREFIX}_engine_state", "1 for the engine's current state", labels=["state"])
+        for option in EngineState:
+            state.add_metric([option.value], 1.0 if s.state == option else 0.0)
+        yield state
+        yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests waiting for a slot", value=s.queue_depth)
+        yield GaugeMetricFamily(f"{PREFIX}_slots_active", "Slots generating right now", value=s.slots_busy)
+        yield GaugeMetricFamily(f"{PREFIX}_slots_total", "Parallel slots", value=s.slots_total)
+        yield GaugeMetricFamily(f"{PREFIX}_kv_cache_used_cells", "KV cache cells in use", value=s.kv_cells_used)
+        yield GaugeMetricFamily(f"{PREFIX}_kv_cache_total_cells", "KV cache cells", value=s.kv_cells_total)
+        yield GaugeMetricFamily(f"{PREFIX}_kv_cache_cached_cells",
+                                "KV cells idle slots keep as prompt-prefix cache (reclaimable)",
+                                value=getattr(s, "kv_cells_cached", 0))
+        ratio = s.kv_cells_used / s.kv_cells_total if s.kv_cells_total else 0.0
+        yield GaugeMetricFamily(f"{PREFIX}_kv_cache_usage_ratio", "Fraction of KV cells in use", value=ratio)
+        if s.load_seconds is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_model_load_seconds", "Seconds the last model load took",
+                                    value=s.load_seconds)
+        yield GaugeMetricFamily(f"{PREFIX}_completion_tokens_per_second",
+                                f"Completion tokens per second over the last {TOKEN_RATE_WINDOW:g} s",
+                                value=self._rate.rate())
+        for name, attr, doc in _ENGINE_COUNTERS:
+            value = getattr(s, attr, None)
+            if value is not None:
+                yield CounterMetricFamily(f"{PREFIX}_engine_{name}", doc, value=value)
+        rss = _status_file_kib("VmRSS")
+        if rss is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_rss_bytes", "Resident memory of the daemon", value=rss * 1024)
+        hwm = _status_file_kib("VmHWM")
+        if hwm is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_peak_rss_bytes", "Peak resident memory of the daemon",
+                                    value=hwm * 1024)
+
+
+class ServerMetrics:
+    """All metrics of one app; nothing global, so two apps in one process (tests) do not collide."""
+
+    def __init__(self, status: Callable[[], EngineStatus]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.requests = Counter(f"{PREFIX}_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.in_flight = Gauge(f"{PREFIX}_http_requests_in_flight", "HTTP requests being served", registry=r)
+        self.latency = Histogram(f"{PREFIX}_http_request_duration_seconds",
+                                 "Time from request to the last byte of the response", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds",
+                              "Time from request to the first generated text", buckets=TTFT_BUCKETS, registry=r)
+        self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.cached_prompt_tokens = Counter(f"{PREFIX}_prompt_tokens_cached",
+                                            "Prompt tokens reused from the KV cache", registry=r)
+        self.completion_tokens = Counter(f"{PREFIX}_completion_tokens", "Completion tokens generated",
+                                         registry=r)
+        self.generations = Counter(f"{PREFIX}_generations", "Finished generations by finish reason",
+                                   ["finish_reason"], registry=r)
+        self.rejected = Counter(f"{PREFIX}_rejected_requests", "Requests refused because the queue was full",
+                                registry=r)
+        self.rate = _TokenRate(TOKEN_RATE_WINDOW)
+        ProcessCollector(registry=r)
+        r.register(_EngineCollector(status, self.rate))  # type: ignore[arg-type]
+
+    def observe_generation(self, prompt: int, cached: int, completion: int, finish_reason: str) -> None:
+        self.prompt_tokens.inc(prompt)
+        self.cached_prompt_tokens.inc(cached)
+        self.completion_tokens.inc(completion)
+        self.generations.labels(finish_reason).inc()
+        self.rate.add(completion)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

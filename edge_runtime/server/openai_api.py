@@ -1,0 +1,90 @@
+"""The OpenAI-compatible routes: /v1/chat/completions, /v1/completions and /v1/models."""
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response, StreamingResponse
+
+from edge_runtime.engine.types import GenerationRequest
+
+from .context import AppContext
+from .errors import ApiError, HttpError
+from .generation import ClientGone, Generation, Shape
+from .middleware import record_of
+from .schemas import ChatCompletionRequest, CompletionRequest, chat_request, completion_request
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_CLOSED = 499  # nginx's "client closed request": only ever seen in our own log line
+
+
+class SSEResponse(StreamingResponse):
+    """StreamingResponse that always closes its body iterator (and so frees the engine slot) when it ends."""
+
+    media_type = "text/event-stream"
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            # Starlette cancels stream_response on disconnect, possibly while it awaits send() rather
+            # than the iterator; without this the generator would wait for garbage collection.
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def openai_router(ctx: AppContext) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    error_responses: dict[int | str, dict[str, Any]] = {
+        400: {"description": "Invalid request (OpenAI error body)"},
+        404: {"description": "Unknown model"},
+        503: {"description": "Server busy; retry after Retry-After seconds"},
+    }
+
+    async def run(request: Request, model: str | None, stream: bool, include_usage: bool,
+                  generation_request: GenerationRequest, chat: bool) -> Response:
+        record = record_of(request.scope)
+        record.stream = stream
+        served = ctx.resolve(model)
+        record.model = served
+        gen = Generation(ctx.engine, ctx.metrics, record, Shape(chat, served, include_usage),
+                         generation_request, record.start)
+        try:
+            first = await gen.admit(request.receive)
+            if stream:
+                return SSEResponse(gen.sse(first), headers=SSE_HEADERS)
+            return JSONResponse(await gen.collect(first, request.receive))
+        except ClientGone:
+            record.error = "client_disconnected"
+            return Response(status_code=CLIENT_CLOSED)
+
+    @router.post("/chat/completions", response_model=None, responses=error_responses)
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        """Chat completion (OpenAI shape); `stream: true` answers with server-sent events."""
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await run(request, body.model, body.stream, include_usage, chat_request(body, ctx.settings),
+                         chat=True)
+
+    @router.post("/completions", response_model=None, responses=error_responses)
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        """Text completion of a raw prompt (no chat template)."""
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await run(request, body.model, body.stream, include_usage,
+                         completion_request(body, ctx.settings), chat=False)
+
+    @router.get("/models")
+    def list_models() -> dict[str, Any]:
+        """The served model and every LLM in the registry (`loaded: false` ones need a restart with --model)."""
+        return {"object": "list", "data": ctx.models()}
+
+    @router.get("/models/{model_id}", responses={404: {"description": "Unknown model"}})
+    def get_model(model_id: str) -> dict[str, Any]:
+        for entry in ctx.models():
+            if entry["id"] == model_id or model_id in entry.get("aliases", ()):
+                return entry
+        raise ApiError(HttpError(404, f"model {model_id!r} does not exist", param="model",
+                                 code="model_not_found"))
+
+    return router

@@ -1,0 +1,168 @@
+"""Run the app under uvicorn in-process: bind, sd_notify READY/STOPPING, watchdog pings, graceful SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from edge_runtime.config import Settings
+from edge_runtime.engine.types import Engine, EngineState
+from edge_runtime.errors import ClawdError, ConfigError
+from edge_runtime.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STALL_AFTER = 60.0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket; a clear error (not uvicorn's sys.exit) when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot resolve {host!r}: {exc.strerror}", key="server.host") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", key="server.port") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Liveness:
+    """Whether the engine still makes progress, from its public status alone.
+
+    Dead: the worker crashed (state FAILED). Hung: slots are busy but none of the engine's progress counters
+    moved for `stall_after` seconds (one decode step takes well under a second for the models we plan).
+    An engine may offer its own `alive()`; then that answers.
+    """
+
+    def __init__(self, engine: Engine, stall_after: float = STALL_AFTER,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.stall_after = stall_after
+        self.clock = clock
+        self._progress: tuple[int, ...] = ()
+        self._since = clock()
+
+    def __call__(self) -> bool:
+        probe = getattr(self.engine, "alive", None)
+        try:
+            if callable(probe):
+                return bool(probe())
+            s = self.engine.status()
+        except Exception:
+            log.exception("engine liveness check failed")
+            return False
+        if s.state == EngineState.FAILED:
+            return False
+        progress = (s.prompt_tokens_evaluated_total, s.completion_tokens_total, s.requests_finished_total,
+                    s.requests_cancelled_total, s.loads_total)
+        now = self.clock()
+        if progress != self._progress or s.slots_busy == 0 or s.state != EngineState.READY:
+            self._progress, self._since = progress, now
+            return True
+        return now - self._since < self.stall_after
+
+
+class DaemonServer(uvicorn.Server):
+    """uvicorn.Server that reports STOPPING to systemd and exits 0 after a signal (uvicorn re-raises it)."""
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("received %s: stopping (in-flight requests get up to %ss)",
+                     signal.Signals(sig).name, self.config.timeout_graceful_shutdown)
+            self.notifier.stopping("shutting down")
+        super().handle_exit(sig, frame)
+
+
+async def _announce_ready(server: DaemonServer, notifier: Notifier, url: str, model: str) -> None:
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.02)
+    log.info("serving %s on %s", model, url)
+    notifier.ready(f"serving {model} on {url}")
+
+
+async def _watchdog(server: DaemonServer, notifier: Notifier, alive: Liveness, interval: float) -> None:
+    # Only ping while the engine makes progress, so systemd restarts a hung engine (WatchdogSec).
+    while not server.should_exit:
+        if alive():
+            notifier.watchdog()
+        else:
+            log.error("engine is not alive; withholding the watchdog ping so systemd restarts the daemon")
+        await asyncio.sleep(interval)
+
+
+async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socket,
+                notifier: Notifier | None = None) -> None:
+    """Serve `app` on the bound `sock` until SIGTERM/SIGINT; then drain, close the engine and return."""
+    notifier = notifier or Notifier()
+
+    async def quiet_at_shutdown(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running at the shutdown bound; that is the plan, not an error
+            # worth a traceback (the access log already has the request, marked error=cancelled).
+            if not server.should_exit:
+                raise
+
+    config = uvicorn.Config(
+        quiet_at_shutdown, log_config=None, access_log=False, lifespan="on", http="h11",
+        timeout_graceful_shutdown=settings.server.shutdown_timeout,  # type: ignore[arg-type]
+        server_header=False,
+    )
+    server = DaemonServer(config, notifier)
+    url = url_of(sock)
+    helpers = [asyncio.ensure_future(_announce_ready(server, notifier, url, engine.status().model))]
+    if notifier.watchdog_interval is not None:
+        helpers.append(asyncio.ensure_future(
+            _watchdog(server, notifier, Liveness(engine), notifier.watchdog_interval)))
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit as exc:
+        # uvicorn exits the process when the app's startup (kiosk modules) fails; make that an error line.
+        raise ClawdError(f"the HTTP server failed to start (exit status {exc.code}); see the log above") from None
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        notifier.status("closing the engine")
+        await engine.close()
+        sock.close()
+    log.info("stopped")

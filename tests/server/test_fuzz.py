@@ -1,0 +1,42 @@
+"""Schemathesis fuzzes every operation of the daemon's own OpenAPI schema: no input may cause a 5xx."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+
+from .conftest import Daemon
+
+# Bounded so the run takes a minute or two on 2 cores: few examples, and generations capped at a few tokens.
+MAX_EXAMPLES = 20
+FUZZ_MAX_TOKENS = 4
+
+
+@pytest.fixture(scope="session")
+def openapi_schema(daemon: Daemon) -> Any:
+    return schemathesis.openapi.from_url(daemon.url + "/openapi.json", headers=daemon.headers)
+
+
+schema = schemathesis.pytest.from_fixture("openapi_schema")
+
+
+def _bounded(body: Any) -> Any:
+    """Keep fuzzed generations short; every other field stays as the fuzzer made it."""
+    if isinstance(body, dict):
+        for key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(key), int) and not isinstance(body.get(key), bool) and body[key] > 0:
+                body[key] = min(body[key], FUZZ_MAX_TOKENS)
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = FUZZ_MAX_TOKENS
+    return body
+
+
+@schema.parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_no_input_causes_a_server_error(case: Any, daemon: Daemon) -> None:
+    case.body = _bounded(case.body)
+    case.call_and_validate(base_url=daemon.url, headers=daemon.headers, checks=[not_a_server_error],
+                           timeout=180)
