@@ -75,3 +75,19 @@ def test_subprocess_user_error_has_no_traceback(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_doctor_reports_components_and_the_plan(tmp_path: Path, smollm2_path: Path) -> None:
+    runner = CliRunner()
+    env = {"XDG_DATA_HOME": str(tmp_path)}
+    result = runner.invoke(cli, ["doctor", "--model", str(smollm2_path)], env=env)
+    assert result.exit_code == 0, result.output
+    for label in ("llama.cpp", "tesseract", "espeak-ng", "audio devices", "memory", "memory plan"):
+        assert f"\n{label} " in "\n" + result.output
+    assert "weights 94 MiB" in result.output
+    missing = runner.invoke(cli, ["doctor"], env=env)
+    assert "not pulled yet; run `clawd-edge models pull smollm2-135m-instruct-q4_1`" in missing.output
+    tight = tmp_path / "tight.yaml"
+    tight.write_text("memory_budget: 64MiB\n")
+    refused = runner.invoke(cli, ["--config", str(tight), "doctor", "--model", str(smollm2_path)], env=env)
+    assert refused.exit_code == 1 and "DOES NOT FIT" in refused.output
