@@ -1,7 +1,7 @@
 """Kiosk fixtures: a virtual ALSA mic/speaker per test (file plugin), the real SmolLM2 engine, a sign video.
 
 No sound hardware or camera exists here. The substitutes are the layers below our code only: ALSA's
-userspace `file` plugin (../shared/audio/asoundrc.example) behind PortAudio, and an MJPG video file opened
+userspace `file` plugin (tests/asoundrc.template, after ../shared/audio/asoundrc.example) behind PortAudio, and an MJPG video file opened
 by OpenCV in place of /dev/video0.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from edge_runtime.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-ASOUNDRC_EXAMPLE = REPO.parent / "shared" / "audio" / "asoundrc.example"
+ASOUNDRC_EXAMPLE = REPO / "tests" / "asoundrc.template"
 
 
 def _reinit_portaudio() -> None:

