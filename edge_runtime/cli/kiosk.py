@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import EngineError, UsageError
+from ..engine.ready import wait_ready
+from ..errors import UsageError
 from . import state
 
 if TYPE_CHECKING:
     from ..config import Settings
-    from ..engine.llama import LlamaEngine
     from ..kiosk.loop import Kiosk
 
-_LOAD_POLL = 0.05
 
 
 def _module_options(settings: Settings, name: str, **changes: Any) -> dict[str, Any]:
@@ -30,16 +29,7 @@ def _module_options(settings: Settings, name: str, **changes: Any) -> dict[str, 
     return options
 
 
-async def _wait_loaded(engine: LlamaEngine) -> None:
-    from ..engine.types import EngineState
 
-    while True:
-        status = engine.status()
-        if status.state == EngineState.READY:
-            return
-        if status.state == EngineState.FAILED:
-            raise EngineError(f"the model did not load: {status.reason}")
-        await asyncio.sleep(_LOAD_POLL)
 
 
 def _read_typed(kiosk: Kiosk) -> None:
@@ -113,7 +103,7 @@ async def _run(settings: Settings, options: Any, voice: Any, ocr: Any, turn_log:
         for module in (voice, ocr):
             if module is not None:
                 await module.start()  # loads the speech model / checks Tesseract before the first visitor
-        await _wait_loaded(engine)
+        await wait_ready(engine)
 
         def show(delta: str) -> None:
             click.echo(delta, nl=False)

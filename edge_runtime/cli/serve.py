@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import click
 
 from edge_runtime.cli import state
-from edge_runtime.engine.types import EngineState
-from edge_runtime.errors import ClawdError, EngineError
+from edge_runtime.engine.ready import wait_ready
+from edge_runtime.errors import ClawdError
 
 if TYPE_CHECKING:
     from edge_runtime.config import Settings
@@ -18,20 +18,9 @@ if TYPE_CHECKING:
     from edge_runtime.sdnotify import Notifier
 
 log = logging.getLogger("edge_runtime.serve")
-LOAD_POLL_SECONDS = 0.05
 
 
-async def _wait_loaded(engine: Engine, settings: Settings) -> None:
-    """Until the preloaded model is READY; keep_alive 0 means "load on demand", so nothing to wait for."""
-    if settings.keep_alive == 0:
-        return
-    while True:
-        status = engine.status()
-        if status.state == EngineState.READY:
-            return
-        if status.state == EngineState.FAILED:
-            raise EngineError(f"the model did not load: {status.reason}")
-        await asyncio.sleep(LOAD_POLL_SECONDS)
+
 
 
 async def _run(settings: Settings, notifier: Notifier) -> None:
@@ -55,7 +44,8 @@ async def _run(settings: Settings, notifier: Notifier) -> None:
         engine = llama
         name = engine.status().model
         log.info("memory plan for %s: %s", name, llama.plan.describe())
-        await _wait_loaded(engine, settings)
+        if settings.keep_alive != 0:  # keep_alive 0 means "load on demand": nothing to wait for
+            await wait_ready(engine)
         log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
         modules = enabled_modules(settings)
         app = create_app(settings, engine, modules)

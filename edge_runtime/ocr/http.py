@@ -5,27 +5,15 @@ import re
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import InvalidRequest
+from ..uploads import read_limited
 
 if TYPE_CHECKING:
     from .module import OcrModule
 
-_READ_BLOCK = 1 << 16
 _LANG_RE = re.compile(r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$")
 
 
-async def _read_limited(upload: Any, limit: int) -> bytes:
-    """The upload's bytes, refusing (413) as soon as it passes `limit` instead of buffering it all."""
-    from starlette.exceptions import HTTPException
 
-    parts: list[bytes] = []
-    size = 0
-    while block := await upload.read(_READ_BLOCK):
-        size += len(block)
-        if size > limit:
-            raise HTTPException(413, f"file: the image is larger than the {limit}-byte limit "
-                                     "(modules.ocr.max_upload_bytes)")
-        parts.append(block)
-    return b"".join(parts)
 
 
 def _check_params(lang: Optional[str], psm: Optional[int]) -> None:  # noqa: UP045 - see the module comment
@@ -60,7 +48,7 @@ def build_router(module: "OcrModule") -> Any:
         declared = (file.content_type or "").split(";")[0].strip().lower()
         if declared and not (declared.startswith("image/") or declared == "application/octet-stream"):
             raise HTTPException(415, f"file: {declared} is not an image type (send image/png, image/jpeg, ...)")
-        data = await _read_limited(file, module.options.max_upload_bytes)
+        data = await read_limited(file, module.options.max_upload_bytes, "image", "modules.ocr.max_upload_bytes")
         result = await module.read_bytes(data, lang=lang, psm=psm)
         return JSONResponse(result.to_dict())
 

@@ -6,6 +6,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import AudioError, DependencyMissing, InvalidRequest, RegistryError
+from ..uploads import read_limited
 from .audio import Audio, decode_wav, encode_wav
 from .stt import transcribe
 from .tts import ESPEAK, PIPER, TTS, EspeakTTS, PiperTTS, create_tts
@@ -23,26 +24,13 @@ TRANSCRIPTION_FORMATS = ("json", "text")
 SPEECH_FORMATS = ("wav", "pcm")
 PCM_RATE = 24000  # OpenAI's `pcm` response format: raw 24 kHz mono S16LE
 MAX_SPEECH_CHARS = 4096
-_READ_BLOCK = 1 << 16
 
 
 def _primary(language: str) -> str:
     return language.replace("_", "-").split("-", 1)[0].lower()
 
 
-async def _read_limited(upload: Any, limit: int) -> bytes:
-    """The upload's bytes, refusing (413) as soon as it passes `limit` instead of buffering it all."""
-    from starlette.exceptions import HTTPException
 
-    parts: list[bytes] = []
-    size = 0
-    while block := await upload.read(_READ_BLOCK):
-        size += len(block)
-        if size > limit:
-            raise HTTPException(413, f"file: the upload is larger than the {limit}-byte limit "
-                                     "(modules.voice.max_upload_bytes)")
-        parts.append(block)
-    return b"".join(parts)
 
 
 def build_router(module: "VoiceModule") -> Any:
@@ -85,7 +73,7 @@ def build_router(module: "VoiceModule") -> Any:
         if response_format not in TRANSCRIPTION_FORMATS:
             raise InvalidRequest(f"response_format: {response_format!r} is not supported; use one of "
                                  + ", ".join(TRANSCRIPTION_FORMATS), param="response_format")
-        data = await _read_limited(file, module.options.max_upload_bytes)
+        data = await read_limited(file, module.options.max_upload_bytes, "upload", "modules.voice.max_upload_bytes")
         name = file.filename or "file"
         try:
             audio = await asyncio.to_thread(decode_wav, data, name)

@@ -1,8 +1,8 @@
 """Kiosk fixtures: a virtual ALSA mic/speaker per test (file plugin), the real SmolLM2 engine, a sign video.
 
 No sound hardware or camera exists here. The substitutes are the layers below our code only: ALSA's
-userspace `file` plugin (tests/asoundrc.template, after ../shared/audio/asoundrc.example) behind PortAudio, and an MJPG video file opened
-by OpenCV in place of /dev/video0.
+userspace `file` plugin (tests/asoundrc.template, after ../shared/audio/asoundrc.example) behind PortAudio,
+and an MJPG video file opened by OpenCV in place of /dev/video0.
 """
 from __future__ import annotations
 

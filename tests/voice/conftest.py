@@ -1,8 +1,9 @@
 """Voice test fixtures: a virtual ALSA mic/speaker (file plugin) per test, shared real speech models, TTS helpers.
 
 No sound hardware exists here, so the only substitute is ALSA's userspace `file` plugin from
-tests/asoundrc.template (after ../shared/audio/asoundrc.example): PortAudio/sounddevice open a real ALSA capture device that plays a raw
-PCM file and a playback device that writes one. Everything above ALSA is the production code path.
+tests/asoundrc.template (after ../shared/audio/asoundrc.example): PortAudio/sounddevice open a real ALSA
+capture device that plays a raw PCM file and a playback device that writes one. Everything above ALSA is
+the production code path.
 """
 from __future__ import annotations
 

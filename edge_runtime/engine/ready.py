@@ -1,0 +1,20 @@
+"""Waiting for an engine's model to finish loading, for the commands that preload before they start."""
+from __future__ import annotations
+
+import asyncio
+
+from ..errors import EngineError
+from .types import Engine, EngineState
+
+LOAD_POLL_SECONDS = 0.05
+
+
+async def wait_ready(engine: Engine) -> None:
+    """Return once the model is READY; raise EngineError with llama.cpp's reason if loading failed."""
+    while True:
+        status = engine.status()
+        if status.state == EngineState.READY:
+            return
+        if status.state == EngineState.FAILED:
+            raise EngineError(f"the model did not load: {status.reason}")
+        await asyncio.sleep(LOAD_POLL_SECONDS)
