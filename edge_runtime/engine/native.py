@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -9,7 +10,6 @@ from typing import Any
 from ..errors import EngineError, ModelError
 from .planner import MemoryPlan
 
-log = logging.getLogger(__name__)
 _PIECE_BUFFER = 256
 
 
@@ -21,10 +21,32 @@ def import_llama() -> Any:
         from ..errors import DependencyMissing
 
         raise DependencyMissing(f"llama-cpp-python ({exc})") from None
-    if not log.isEnabledFor(logging.DEBUG):
-        # llama-cpp-python prints llama.cpp's load chatter to stderr unless its logger says otherwise.
-        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    _route_llama_logs(llama_cpp)
     return llama_cpp
+
+
+@functools.cache
+def _route_llama_logs(lib: Any) -> Any:
+    """Send llama.cpp's log lines to the `llama.cpp` Python logger (installed once per process).
+
+    llama-cpp-python 0.3.36 maps ggml's log levels with a stale enum (WARN becomes ERROR), so its own filter prints
+    load chatter to stderr. llama.cpp warns about many benign things; real failures reach us as return codes and
+    become ClawdErrors, so its warnings are logged at INFO. The cache keeps the C callback alive.
+    """
+    logger = logging.getLogger("llama.cpp")
+    # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+    levels = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.ERROR, 5: logging.DEBUG}
+
+    def route(level: int, text: bytes, user_data: Any) -> None:
+        py_level = levels.get(level, logging.DEBUG)
+        if logger.isEnabledFor(py_level):
+            message = text.decode("utf-8", errors="replace").rstrip()
+            if message:
+                logger.log(py_level, "%s", message)
+
+    callback = lib.llama_log_callback(route)
+    lib.llama_log_set(callback, ctypes.c_void_p(0))
+    return callback
 
 
 def _address(pointer: Any) -> int:
@@ -47,7 +69,7 @@ class Runtime:
         self.model = lib.llama_model_load_from_file(str(plan.model_path).encode(), mparams)
         if not self.model:
             raise ModelError(f"{plan.model_path}: llama.cpp could not load the model (unsupported architecture "
-                             "or corrupt tensor data; run with -vv for llama.cpp's log)")
+                             "or corrupt tensor data; run with -v for llama.cpp's log)")
         self.ctx: Any = None
         self.batch: Any = None
         try:
@@ -93,6 +115,7 @@ class Runtime:
         self.bos_text = self._special_text(self.bos)
         self.eos_text = self._special_text(self.eos)
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._token_addr = _address(self.batch.token)
@@ -149,7 +172,11 @@ class Runtime:
         return data
 
     def is_eog(self, token: int) -> bool:
-        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+        """End of generation; cached because every ctypes call is a point where the GIL changes hands."""
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     # -- KV cache -------------------------------------------------------------------------------------------
     def seq_rm(self, seq: int, start: int) -> bool:

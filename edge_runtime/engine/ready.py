@@ -10,10 +10,14 @@ LOAD_POLL_SECONDS = 0.05
 
 
 async def wait_ready(engine: Engine) -> None:
-    """Return once the model is READY; raise EngineError with llama.cpp's reason if loading failed."""
+    """Return once the model is READY; raise EngineError with llama.cpp's reason if loading failed.
+
+    UNLOADED also returns: a preloading engine reports LOADING from the start, so UNLOADED means the model loads
+    on the first request (keep_alive 0) or was unloaded after being ready; waiting would never end.
+    """
     while True:
         status = engine.status()
-        if status.state == EngineState.READY:
+        if status.state in (EngineState.READY, EngineState.UNLOADED):
             return
         if status.state == EngineState.FAILED:
             raise EngineError(f"the model did not load: {status.reason}")

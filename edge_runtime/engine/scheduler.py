@@ -27,6 +27,9 @@ class Job:
     queue: asyncio.Queue[Chunk | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     finished: bool = False
+    # Delivery state (engine thread): text not yet posted and when the last chunk went out.
+    held: str = ""
+    sent_at: float = 0.0
     # Worker-side state.
     prompt: list[int] = field(default_factory=list)
     n_past: int = 0

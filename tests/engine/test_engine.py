@@ -191,7 +191,8 @@ def test_full_queue_raises_engine_busy(make_engine: MakeEngine) -> None:
 
 
 def test_long_prompt_is_chunked_and_does_not_stall_a_running_stream(make_engine: MakeEngine) -> None:
-    engine = make_engine(parallel=2, batch_size=32, max_sequence_length=1024)
+    # Every token its own chunk (no merging), so the events below count decode steps.
+    engine = make_engine(parallel=2, batch_size=32, max_sequence_length=1024, stream_interval=0.0)
     long_prompt = "The history of the town is long. " * 60  # ~480 tokens -> at least 15 chunks of 32
 
     async def scenario() -> None:
@@ -321,3 +322,30 @@ def test_model_llama_cpp_cannot_load_fails_cleanly(make_engine: MakeEngine, smol
     with pytest.raises(ModelError, match="could not load the model"):
         asyncio.run(collect(engine, completion("hi")))
     assert engine.status().queue_depth == 0 and engine.status().slots_busy == 0
+
+
+def test_fast_streams_are_merged_into_fewer_chunks_without_losing_text(make_engine: MakeEngine) -> None:
+    engine = make_engine(stream_interval=0.0)
+
+    async def chunks(e: LlamaEngine) -> list[str]:
+        return [c.text async for c in e.generate(completion(STORY, max_tokens=48))]
+
+    every_token = asyncio.run(chunks(engine))
+    engine.close_sync()
+    merging = make_engine(stream_interval=60.0)
+    merged = asyncio.run(chunks(merging))
+    assert "".join(merged) == "".join(every_token)
+    assert len(every_token) >= 40
+    # The first token goes out at once; everything after it, inside the 60 s window, rides on the final chunk.
+    assert len(merged) == 2
+
+
+def test_wait_ready_returns_for_preloaded_and_on_demand_engines(make_engine: MakeEngine) -> None:
+    from edge_runtime.engine.ready import wait_ready
+
+    preloaded = make_engine()
+    asyncio.run(asyncio.wait_for(wait_ready(preloaded), timeout=60))
+    assert preloaded.status().state is EngineState.READY
+    on_demand = make_engine(keep_alive=0.0)
+    asyncio.run(asyncio.wait_for(wait_ready(on_demand), timeout=5))  # nothing loads until the first request
+    assert on_demand.status().loads_total == 0
