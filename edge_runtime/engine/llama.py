@@ -119,7 +119,8 @@ class LlamaEngine:
             load_seconds=self._load_seconds, kv_cells_cached=sched.cells(busy=False) if sched else 0,
             prompt_tokens_evaluated_total=s.prompt_tokens_evaluated, cached_prompt_tokens_total=s.cached_prompt_tokens,
             completion_tokens_total=s.completion_tokens, requests_finished_total=s.requests_finished,
-            requests_cancelled_total=s.requests_cancelled, loads_total=self._loads, memory_plan=self.plan.describe(),
+            requests_cancelled_total=s.requests_cancelled, loads_total=self._loads,
+            prefix_copies_total=s.prefix_copies, memory_plan=self.plan.describe(),
         )
 
     async def close(self) -> None:

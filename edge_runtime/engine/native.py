@@ -11,6 +11,9 @@ from ..errors import EngineError, ModelError
 from .planner import MemoryPlan
 
 _PIECE_BUFFER = 256
+# A sequence's KV state is copied through a host buffer this big at most (about 1400 tokens of SmolLM2's f16 cache);
+# a longer donor is recomputed rather than doubling its cells in RAM for a moment on a 2 GB board.
+MAX_STATE_COPY_BYTES = 32 * 1024 * 1024
 
 
 def import_llama() -> Any:
@@ -185,6 +188,31 @@ class Runtime:
 
     def seq_pos_min(self, seq: int) -> int:
         return int(self.lib.llama_memory_seq_pos_min(self.memory, seq))
+
+    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
+        """Make the first n cells of `src` the whole of `dst` (positions 0..n-1); False leaves `dst` empty.
+
+        One pool (unified KV): the cells are shared, a metadata change. Split streams cannot share cells and
+        llama.cpp only copies whole streams, so the sequence's state goes through a host buffer (what llama-server
+        does to restore a cached prompt into any slot) and the copy is cut back to n.
+        """
+        lib = self.lib
+        if self.plan.kv_unified:
+            self.seq_rm(dst, 0)
+            lib.llama_memory_seq_cp(self.memory, src, dst, 0, n)
+            return True
+        size = int(lib.llama_state_seq_get_size(self.ctx, src))
+        if size <= 0 or size > MAX_STATE_COPY_BYTES:
+            return False
+        buf = (ctypes.c_uint8 * size)()
+        if int(lib.llama_state_seq_get_data(self.ctx, buf, size, src)) != size \
+                or int(lib.llama_state_seq_set_data(self.ctx, buf, size, dst)) == 0:
+            self.seq_rm(dst, 0)
+            return False
+        if not self.seq_rm(dst, n):
+            self.seq_rm(dst, 0)
+            return False
+        return True
 
     # -- batch ----------------------------------------------------------------------------------------------
     def add(self, at: int, tokens: Sequence[int], start_pos: int, seq: int, *, logits: bool = False) -> int:

@@ -15,6 +15,8 @@ from .text import StopMatcher, Utf8Stream
 from .types import ChatMessage, Chunk, FinishReason, GenerationRequest, Usage
 
 log = logging.getLogger(__name__)
+# A prefix held by another slot is copied (or waited for) only when it saves at least this many prompt tokens.
+MIN_SHARED_PREFIX = 8
 
 
 @dataclass(eq=False)
@@ -38,6 +40,8 @@ class Job:
     generating: bool = False
     next_token: int = -1
     order: int = 0
+    # Set while this job waits for another slot to finish evaluating a prefix it will copy: (slot, its job, length).
+    wait_for: tuple[Slot, Job, int] | None = None
     sampler: Sampler | None = None
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
@@ -63,6 +67,7 @@ class Stats:
     requests_finished: int = 0
     requests_cancelled: int = 0
     decode_calls: int = 0
+    prefix_copies: int = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -150,13 +155,70 @@ class Scheduler:
             reuse = 0
             rt.seq_rm(slot.seq, 0)
         del slot.tokens[reuse:]
-        job.n_past = job.n_cached = reuse
+        job.n_past = reuse
         job.order = next(self._clock)
         last_n = job.request.sampling.penalty_last_n
         job.sampler.accept_prompt(job.prompt if last_n < 0 else job.prompt[max(0, len(job.prompt) - last_n):])
         slot.job = job
-        self.stats.cached_prompt_tokens += reuse
+        self._share(slot, job)
+        job.n_cached = job.n_past
+        self.stats.cached_prompt_tokens += job.n_past
         return True
+
+    def _share(self, slot: Slot, job: Job) -> None:
+        """Start from a longer prefix held by another slot: copy it now, or wait while it is being evaluated.
+
+        Requests with the same system prompt (the kiosk's, or every request of an OpenAI app) then evaluate it
+        once: a burst of 8 chats costs one system prompt and 8 questions instead of 8 of each, which is most of
+        their time to first token on a 2-core CPU.
+        """
+        limit = len(job.prompt) - 1
+        now, donor = job.n_past, None
+        later: tuple[int, Slot | None] = (job.n_past, None)
+        for other in self.slots:
+            if other is slot:
+                continue
+            n = min(common_prefix(other.tokens, job.prompt), limit)
+            if n > now:
+                now, donor = n, other
+            o = other.job
+            if o is not None and not o.generating and o.wait_for is None:
+                m = min(common_prefix(o.prompt, job.prompt), limit)
+                if m > later[0]:
+                    later = (m, other)
+        waiting_on = later[1]
+        if waiting_on is not None and waiting_on.job is not None and later[0] >= now + MIN_SHARED_PREFIX:
+            job.wait_for = (waiting_on, waiting_on.job, later[0])
+        elif donor is not None and now >= job.n_past + MIN_SHARED_PREFIX:
+            self._copy_from(donor, slot, now)
+
+    def _copy_from(self, donor: Slot, slot: Slot, n: int) -> None:
+        job = slot.job
+        assert job is not None
+        rt = self.rt
+        # A sliding window may already have dropped cells the copy's continuation would attend to.
+        if rt.copy_prefix(donor.seq, slot.seq, n) and not (rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > 0):
+            slot.tokens[:] = job.prompt[:n]
+            job.n_past = n
+            self.stats.prefix_copies += 1
+            return
+        rt.seq_rm(slot.seq, 0)  # a failed copy leaves nothing of the slot's own cache worth trusting
+        slot.tokens.clear()
+        job.n_past = 0
+
+    def _resolve_wait(self, slot: Slot, job: Job) -> None:
+        """Copy the awaited prefix once it is evaluated, or whatever is left of it if its owner went away."""
+        assert job.wait_for is not None
+        donor, donor_job, wanted = job.wait_for
+        n = min(common_prefix(donor.tokens, job.prompt), len(job.prompt) - 1)
+        if donor.job is donor_job and not donor_job.generating and n < wanted:
+            return
+        job.wait_for = None
+        if n >= job.n_past + MIN_SHARED_PREFIX:
+            before = job.n_past
+            self._copy_from(donor, slot, n)
+            job.n_cached = job.n_past
+            self.stats.cached_prompt_tokens += job.n_past - before
 
     # -- one step -----------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -165,6 +227,9 @@ class Scheduler:
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._release(slot, cancelled=True)
+        for slot in self.slots:
+            if slot.job is not None and slot.job.wait_for is not None:
+                self._resolve_wait(slot, slot.job)
         generating = [s for s in self.slots if s.job is not None and s.job.generating]
         prompting = sorted((s for s in self.slots if s.job is not None and not s.job.generating),
                            key=lambda s: s.job.order if s.job else 0)
@@ -185,6 +250,8 @@ class Scheduler:
         for slot in prompting:
             job = slot.job
             assert job is not None
+            if job.wait_for is not None:
+                continue
             take = min(budget, len(job.prompt) - job.n_past)
             if take <= 0:
                 break

@@ -94,6 +94,8 @@ class EngineStatus:
     requests_finished_total: int = 0
     requests_cancelled_total: int = 0
     loads_total: int = 0
+    # Prompt prefixes copied from another slot's cache (a shared system prompt evaluated once).
+    prefix_copies_total: int = 0
     # The memory plan (MemoryPlan.describe()) the engine runs with.
     memory_plan: str = ""
 

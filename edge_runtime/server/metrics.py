@@ -55,6 +55,7 @@ _ENGINE_COUNTERS = (
     ("requests_finished", "requests_finished_total", "Generations that ended normally"),
     ("requests_cancelled", "requests_cancelled_total", "Generations cancelled by their caller (disconnects)"),
     ("model_loads", "loads_total", "Times the model was loaded (keep_alive unloads and reloads)"),
+    ("prompt_prefix_copies", "prefix_copies_total", "Prompt prefixes copied from another slot's cache"),
 )
 
 

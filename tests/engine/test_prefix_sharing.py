@@ -1,0 +1,95 @@
+"""Prompt prefixes shared across slots: a system prompt in one slot's cache is copied, never recomputed."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.engine import LlamaEngine
+
+from .conftest import chat, collect, completion
+
+MakeEngine = Callable[..., LlamaEngine]
+SYSTEM = ("You are the voice of a museum kiosk. Answer visitors briefly and politely, in one sentence, "
+          "and never invent opening hours or prices that you were not told about.")
+QUESTIONS = ("Where is the toilet?", "Is there a cafe?", "Can I take photos?", "Where are the dinosaurs?")
+# Split: one KV stream per slot (copies go through llama.cpp's sequence state). Unified: one pool, shared cells.
+LAYOUTS = {"split": {}, "unified": {"context": 4 * 512 - 1}}
+
+
+def _references(make_engine: MakeEngine, **layout: object) -> list[str]:
+    """Each question answered greedily by an engine that has nothing cached (so nothing can be copied)."""
+    answers = []
+    for question in QUESTIONS:
+        engine = make_engine(parallel=1, **layout)
+        answers.append(asyncio.run(collect(engine, chat(question, system=SYSTEM, max_tokens=24)))[0])
+        engine.close_sync()
+    return answers
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_burst_with_one_system_prompt_evaluates_it_once(make_engine: MakeEngine, layout: str) -> None:
+    expected = _references(make_engine, **LAYOUTS[layout])
+    engine = make_engine(parallel=4, **LAYOUTS[layout])
+
+    async def burst() -> list[tuple[str, int, int]]:
+        results = await asyncio.gather(*(collect(engine, chat(q, system=SYSTEM, max_tokens=24)) for q in QUESTIONS))
+        return [(text, last.usage.prompt_tokens, last.usage.cached_prompt_tokens)  # type: ignore[union-attr]
+                for text, last in results]
+
+    results = asyncio.run(burst())
+    status = engine.status()
+    assert [text for text, _, _ in results] == expected
+    total = sum(prompt for _, prompt, _ in results)
+    cached = sum(c for _, _, c in results)
+    # The first request evaluates the system turn; the other three copy it (≥ 40 tokens each) once it is there.
+    assert status.prefix_copies_total == len(QUESTIONS) - 1
+    assert cached >= 40 * (len(QUESTIONS) - 1)
+    assert status.prompt_tokens_evaluated_total == total - cached
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_busy_slot_lends_its_prefix_to_a_new_request(make_engine: MakeEngine, layout: str) -> None:
+    expected = _references(make_engine, **LAYOUTS[layout])[1]
+    engine = make_engine(parallel=4, **LAYOUTS[layout])
+
+    async def scenario() -> tuple[str, int]:
+        generating = asyncio.Event()
+
+        async def long_answer() -> None:
+            async for _ in engine.generate(chat(QUESTIONS[0] + " Tell me everything about it.", system=SYSTEM,
+                                                max_tokens=400)):
+                generating.set()
+
+        long = asyncio.ensure_future(long_answer())
+        await asyncio.wait_for(generating.wait(), timeout=60)  # its prompt is in the cache, its slot busy
+        text, last = await collect(engine, chat(QUESTIONS[1], system=SYSTEM, max_tokens=24))
+        assert not long.done()
+        long.cancel()
+        assert last.usage is not None
+        return text, last.usage.cached_prompt_tokens
+
+    text, cached = asyncio.run(scenario())
+    assert text == expected
+    assert cached >= 40
+    assert engine.status().prefix_copies_total == 1
+
+
+def test_sliding_window_model_copies_give_the_same_greedy_text(make_engine: MakeEngine, gemma3_path: Path) -> None:
+    head = "The museum guide said: the dinosaur hall is on the second floor, the cafe is next to the shop, and"
+    prompts = [head + tail for tail in (" the toilets are", " the exit is", " the library is")]
+    expected = []
+    for prompt in prompts:
+        alone = make_engine(gemma3_path, parallel=1)
+        expected.append(asyncio.run(collect(alone, completion(prompt, max_tokens=16)))[0])
+        alone.close_sync()
+    engine = make_engine(gemma3_path, parallel=3)
+
+    async def burst() -> list[str]:
+        return [text for text, _ in await asyncio.gather(*(collect(engine, completion(p, max_tokens=16))
+                                                           for p in prompts))]
+
+    assert asyncio.run(burst()) == expected
+    assert engine.status().prefix_copies_total == 2
