@@ -74,15 +74,25 @@ def llama_bench_tg(bin_dir: Path, model: Path, threads: int, n_gen: int) -> floa
 
 
 def llama_completion_tg(bin_dir: Path, model: Path, threads: int, n_gen: int) -> float:
-    """llama.cpp's own generation loop *with* greedy sampling (llama-bench's tg samples nothing)."""
+    """llama.cpp's own C++ generation loop *with* greedy sampling (llama-bench's tg samples nothing).
+
+    Its "eval time" line times llama_decode alone; the loop's rate is the generated tokens over the total time
+    minus load and prompt evaluation, so sampling (and its token printing) counts, as it does for the engine.
+    """
     out = subprocess.run([str(bin_dir / "llama-completion"), "-m", str(model), "-t", str(threads), "-n", str(n_gen),
                           "-p", COUNT_PROMPTS[0], "--temp", "0", "-no-cnv", "--ignore-eos"],
                          capture_output=True, text=True, check=True, timeout=600)
+    times: dict[str, float] = {}
+    runs = 0
     for line in (out.stderr + out.stdout).splitlines():
-        match = re.search(r"\beval time =.*?([0-9.]+) tokens per second", line)
-        if match and "prompt eval" not in line:
-            return float(match.group(1))
-    raise SystemExit("could not read llama-completion's eval speed")
+        match = re.search(r"\b(load|prompt eval|eval|total) time =\s*([0-9.]+) ms", line)
+        if match:
+            times[match.group(1)] = float(match.group(2))
+            if match.group(1) == "eval":
+                runs = int(re.search(r"/\s*([0-9]+) runs", line).group(1))  # type: ignore[union-attr]
+    if not runs or not {"prompt eval", "total"} <= times.keys():
+        raise SystemExit("could not read llama-completion's timings")
+    return 1000.0 * runs / (times["total"] - times["prompt eval"])
 
 
 def llama_cpp_python_tg(model: Path, threads: int, n_gen: int) -> float:

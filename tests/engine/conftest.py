@@ -50,7 +50,7 @@ def make_engine(smollm2_path: Path) -> Iterator[Callable[..., LlamaEngine]]:
     engines: list[LlamaEngine] = []
 
     def factory(model: Path | None = None, *, preload: bool = True, flash_attn: str = "auto",
-                stream_interval: float = 0.02, **overrides: Any) -> LlamaEngine:
+                stream_interval: float = 0.05, **overrides: Any) -> LlamaEngine:
         values: dict[str, Any] = {"threads": 2, "parallel": 2, "max_sequence_length": 512, "batch_size": 256,
                                   "keep_alive": float("inf"), **overrides}
         engine = create_engine(Settings(**values), model or smollm2_path, preload=preload, flash_attn=flash_attn,
