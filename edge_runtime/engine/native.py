@@ -192,15 +192,12 @@ class Runtime:
     def copy_prefix(self, src: int, dst: int, n: int) -> bool:
         """Make the first n cells of `src` the whole of `dst` (positions 0..n-1); False leaves `dst` empty.
 
-        One pool (unified KV): the cells are shared, a metadata change. Split streams cannot share cells and
-        llama.cpp only copies whole streams, so the sequence's state goes through a host buffer (what llama-server
-        does to restore a cached prompt into any slot) and the copy is cut back to n.
+        The sequence's state goes through a host buffer (what llama-server does to restore a cached prompt into any
+        slot) and the copy is cut back to n: llama.cpp copies only whole streams between split KV streams, and in a
+        shared pool `llama_memory_seq_cp` would share cells, which the scheduler's per-slot cell accounting (used
+        to decide when the pool is full) would count twice.
         """
         lib = self.lib
-        if self.plan.kv_unified:
-            self.seq_rm(dst, 0)
-            lib.llama_memory_seq_cp(self.memory, src, dst, 0, n)
-            return True
         size = int(lib.llama_state_seq_get_size(self.ctx, src))
         if size <= 0 or size > MAX_STATE_COPY_BYTES:
             return False
