@@ -63,6 +63,9 @@ class ServerSettings:
     max_queue: int = 32
     max_tokens: int = 2048
     max_request_bytes: int = 1024 * 1024
+    # Multipart uploads of module routes (/v1/ocr, /v1/audio/transcriptions): a camera photo or a minute of WAV
+    # does not fit in max_request_bytes; 25 MiB is OpenAI's own audio upload limit.
+    max_upload_bytes: int = 25 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
 
@@ -192,8 +195,8 @@ def _server(raw: object, source: str) -> ServerSettings:
     for key, value in raw.items():
         if key not in allowed:
             raise _unknown(str(key), allowed, "server.", source)
-        if key == "max_request_bytes":
-            values[key] = parse_size(value, "server.max_request_bytes", source)
+        if key in ("max_request_bytes", "max_upload_bytes"):
+            values[key] = parse_size(value, f"server.{key}", source)
         elif key == "cors_origins":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{value!r} is not allowed; expected a list of origins",

@@ -17,21 +17,6 @@ if TYPE_CHECKING:
     from ..kiosk.loop import Kiosk
 
 
-
-def _module_options(settings: Settings, name: str, **changes: Any) -> dict[str, Any]:
-    """A module's (or, for "kiosk", the loop's) configured options with command-line overrides applied."""
-    if name == "kiosk":
-        options: dict[str, Any] = dict(settings.kiosk)
-    else:
-        configured = settings.modules.get(name)
-        options = dict(configured.options) if configured is not None else {}
-    options.update({k: v for k, v in changes.items() if v is not None})
-    return options
-
-
-
-
-
 def _read_typed(kiosk: Kiosk) -> None:
     """stdin lines become turns; `/read` (the "read this" key) asks for the camera, `/quit` ends."""
     from ..kiosk.loop import KioskInput
@@ -71,21 +56,17 @@ def kiosk(ctx: click.Context, model: str | None, input_spec: str | None, typed: 
         raise UsageError("--text reads typed questions from stdin; it cannot be combined with --input")
     settings = state(ctx).settings.replace(model_path=model, parallel=1)
     from ..kiosk.options import parse_options
+    from ..kiosk.service import build_parts, module_options
     from ..kiosk.turnlog import TurnLog
-    from ..ocr.module import create as create_ocr
-    from ..voice.module import create as create_voice
 
-    options = parse_options(_module_options(settings, "kiosk", camera=camera, log=log_path,
-                                            speak=False if mute else None,
-                                            realtime_input=True if realtime else None))
-    need_voice = options.speak or not typed
-    voice = create_voice(_module_options(settings, "voice", input=input_spec, language=language,
-                                         stt_model=stt_model), settings) if need_voice else None
-    ocr_options = _module_options(settings, "ocr")
-    ocr = create_ocr(ocr_options, settings) if (options.camera or ocr_options.get("camera")) else None
+    options = parse_options(module_options(settings, "kiosk", camera=camera, log=log_path,
+                                           speak=False if mute else None,
+                                           realtime_input=True if realtime else None))
+    parts = build_parts(settings, options, need_voice=options.speak or not typed,
+                        voice_changes={"input": input_spec, "language": language, "stt_model": stt_model})
     turn_log = TurnLog(options.log)
     try:
-        asyncio.run(_run(settings, options, voice, ocr, turn_log, typed=typed, turns=turns))
+        asyncio.run(_run(settings, options, parts.voice, parts.ocr, turn_log, typed=typed, turns=turns))
     finally:
         turn_log.close()
 

@@ -20,16 +20,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_runtime.serve")
 
 
-
-
-
-async def _run(settings: Settings, notifier: Notifier) -> None:
+async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) -> None:
     from edge_runtime.engine import create_engine
+    from edge_runtime.kiosk.service import KioskService, build_parts, daemon_kiosk_options
     from edge_runtime.modules import enabled_modules
     from edge_runtime.server import create_app
     from edge_runtime.server.runner import bind, serve
     from edge_runtime.store import resolve_model
 
+    # Configuration errors (the kiosk section, modules) fail before the port is taken or the model loaded.
+    kiosk_options = daemon_kiosk_options(settings, kiosk_flag)
     # Bind first: a taken port fails in milliseconds, not after loading the model.
     sock = bind(settings.server.host, settings.server.port)
     engine: Engine | None = None
@@ -48,13 +48,19 @@ async def _run(settings: Settings, notifier: Notifier) -> None:
             await wait_ready(engine)
         log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
         modules = enabled_modules(settings)
-        app = create_app(settings, engine, modules)
+        kiosk = None
+        if kiosk_options.enabled:
+            # Same process, same engine: one model in RAM, the kiosk's turns take slots like HTTP requests do;
+            # an enabled voice/ocr module is shared with it (one speech model).
+            parts = build_parts(settings, kiosk_options, running=modules)
+            kiosk = KioskService(settings, engine, parts, notify=notifier.status)
+        app = create_app(settings, engine, modules, kiosk)
     except BaseException:
         sock.close()
         if engine is not None:
             await engine.close()
         raise
-    await serve(settings, engine, app, sock, notifier)
+    await serve(settings, engine, app, sock, notifier, kiosk)
 
 
 @click.command()
@@ -71,9 +77,11 @@ async def _run(settings: Settings, notifier: Notifier) -> None:
               help="CPU threads for llama.cpp (default: threads, all cores).")
 @click.option("--api-key", default=None, envvar="CLAWD_EDGE_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but /health (default: server.api_key).")
+@click.option("--kiosk/--no-kiosk", "kiosk", default=None,
+              help="Also run the voice/OCR kiosk loop on the same engine (default: kiosk.enabled).")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, host: str | None, port: int | None, parallel: int | None,
-          context: int | None, threads: int | None, api_key: str | None) -> None:
+          context: int | None, threads: int | None, api_key: str | None, kiosk: bool | None) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /health, /metrics)."""
     from edge_runtime.sdnotify import Notifier
 
@@ -87,7 +95,7 @@ def serve(ctx: click.Context, model: str | None, host: str | None, port: int | N
         runtime_log.setLevel(logging.INFO)
     notifier = Notifier()
     try:
-        asyncio.run(_run(settings, notifier))
+        asyncio.run(_run(settings, notifier, kiosk))
     except ClawdError as exc:
         notifier.status(f"failed: {exc}")
         raise

@@ -173,6 +173,13 @@ class Kiosk:
                 await asyncio.wait([self._current])
                 self._current = None
         finally:
+            current, self._current = self._current, None
+            if current is not None and not current.done():
+                # run() itself was cancelled (daemon shutdown): the turn must not outlive it on the engine.
+                if self.speaker is not None:
+                    self.speaker.stop()
+                current.cancel()
+                await asyncio.wait([current])
             await self.close()
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ DEFAULT_TRIGGERS = ("read this", "read the sign", "what does this say", "what do
 class KioskOptions:
     """Each field is a key under `kiosk:`."""
 
+    enabled: bool = False  # run the loop inside `clawd-edge serve` (`clawd-edge kiosk` always runs it)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_tokens: int = 96
     temperature: float = 0.0  # greedy: a kiosk should give the same answer to the same question
@@ -73,7 +74,7 @@ def parse_options(options: Mapping[str, Any]) -> KioskOptions:
             values[key] = None
         elif key in _NUMBERS:
             values[key] = _number(key, value, *_NUMBERS[key])
-        elif key in ("speak", "realtime_input"):
+        elif key in ("enabled", "speak", "realtime_input"):
             if not isinstance(value, bool):
                 raise _bad(key, value, "true or false")
             values[key] = value

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -21,10 +21,13 @@ from .metrics import ServerMetrics
 from .middleware import AccessLog, ApiKeyAuth, BodyLimit
 from .openai_api import openai_router
 
+if TYPE_CHECKING:
+    from edge_runtime.kiosk.service import KioskService
+
 log = logging.getLogger(__name__)
 
 
-def _lifespan(modules: Sequence[Module]) -> Any:
+def _lifespan(modules: Sequence[Module], kiosk: KioskService | None) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started: list[Module] = []
@@ -33,8 +36,12 @@ def _lifespan(modules: Sequence[Module]) -> Any:
                 await module.start()
                 started.append(module)
                 log.info("module %s started", module.name)
+            if kiosk is not None:
+                kiosk.start()  # in the background: its failures are reported, never fatal to the HTTP API
             yield
         finally:
+            if kiosk is not None:
+                await kiosk.stop()  # before the modules it shares (and, in the runner, the engine) go away
             for module in reversed(started):
                 try:
                     await module.stop()
@@ -43,18 +50,32 @@ def _lifespan(modules: Sequence[Module]) -> Any:
     return lifespan
 
 
-def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = ()) -> FastAPI:
-    """The HTTP API over `engine`; enabled kiosk `modules` get their routers mounted and run with the app."""
-    metrics = ServerMetrics(engine.status)
+def upload_paths(routers: Iterable[Any]) -> frozenset[str]:
+    """Paths of the routes that take a multipart file (UploadFile = File(...)): they get server.max_upload_bytes."""
+    from fastapi import params
+    from fastapi.routing import APIRoute
+
+    return frozenset(
+        route.path for router in routers for route in router.routes
+        if isinstance(route, APIRoute)
+        and any(isinstance(f.field_info, params.File) for f in route.dependant.body_params)
+    )
+
+
+def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (),
+               kiosk: KioskService | None = None) -> FastAPI:
+    """The HTTP API over `engine`; enabled kiosk `modules` get their routers mounted and run with the app, and
+    `kiosk` (the dialogue loop on the same engine) starts after them and stops before them."""
+    metrics = ServerMetrics(engine.status, kiosk.snapshot if kiosk is not None else None)
     ctx = AppContext(settings=settings, engine=engine, metrics=metrics)
     app = FastAPI(title="clawd-edge", version=__version__, docs_url=None, redoc_url=None,
-                  lifespan=_lifespan(tuple(modules)))
+                  lifespan=_lifespan(tuple(modules), kiosk))
     app.state.clawd = ctx
     install_handlers(app)
     app.include_router(openai_router(ctx))
-    for module in modules:
-        for router in module.routers():
-            app.include_router(router)
+    module_routers = [router for module in modules for router in module.routers()]
+    for router in module_routers:
+        app.include_router(router)
 
     @app.get("/health", responses={503: {"description": "Model loading, unloaded or failed"}})
     def health() -> JSONResponse:
@@ -66,6 +87,10 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
             "model": s.model, "slots_total": s.slots_total, "slots_busy": s.slots_busy,
             "queue_depth": s.queue_depth,
         }
+        if kiosk is not None:
+            # Reported, not part of the status: a kiosk without a microphone must not make load balancers or
+            # Home Assistant drop a working LLM API (and a restart would not bring the microphone back).
+            body["kiosk"] = kiosk.snapshot()
         if not ready:
             body["error"] = {"message": f"model {s.state.value}: {s.reason}", "type": "server_error",
                              "param": None, "code": f"model_{s.state.value}"}
@@ -78,7 +103,8 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
         return Response(payload, media_type=content_type)
 
     # Added innermost first: BodyLimit sees the request last, AccessLog first (and so times everything).
-    app.add_middleware(BodyLimit, limit=settings.server.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.server.max_request_bytes,
+                       upload_limit=settings.server.max_upload_bytes, upload_paths=upload_paths(module_routers))
     if settings.server.api_key:
         app.add_middleware(ApiKeyAuth, api_key=settings.server.api_key)
     if settings.server.cors_origins:

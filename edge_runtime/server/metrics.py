@@ -107,10 +107,38 @@ class _EngineCollector:
                                     value=hwm * 1024)
 
 
+class _KioskCollector:
+    """The in-daemon kiosk's status (KioskService.snapshot), read at scrape time."""
+
+    STATUSES = ("starting", "running", "failed", "finished", "stopped")
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        k = self._snapshot()
+        yield GaugeMetricFamily(f"{PREFIX}_kiosk_up", "1 while the kiosk loop runs (listening or answering)",
+                                value=1.0 if k["status"] == "running" else 0.0)
+        status = GaugeMetricFamily(f"{PREFIX}_kiosk_status", "1 for the kiosk's current status", labels=["status"])
+        for option in self.STATUSES:
+            status.add_metric([option], 1.0 if k["status"] == option else 0.0)
+        yield status
+        yield CounterMetricFamily(f"{PREFIX}_kiosk_turns", "Kiosk turns (spoken or read questions) handled",
+                                  value=k["turns"])
+        yield CounterMetricFamily(f"{PREFIX}_kiosk_failures", "Times the kiosk loop failed (then retried)",
+                                  value=k["failures"])
+
+
 class ServerMetrics:
     """All metrics of one app; nothing global, so two apps in one process (tests) do not collide."""
 
-    def __init__(self, status: Callable[[], EngineStatus]) -> None:
+    def __init__(self, status: Callable[[], EngineStatus],
+                 kiosk: Callable[[], dict[str, Any]] | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=False)
@@ -135,6 +163,8 @@ class ServerMetrics:
         self.rate = _TokenRate(TOKEN_RATE_WINDOW)
         ProcessCollector(registry=r)
         r.register(_EngineCollector(status, self.rate))  # type: ignore[arg-type]
+        if kiosk is not None:
+            r.register(_KioskCollector(kiosk))  # type: ignore[arg-type]
 
     def observe_generation(self, prompt: int, cached: int, completion: int, finish_reason: str) -> None:
         self.prompt_tokens.inc(prompt)

@@ -126,20 +126,28 @@ class ApiKeyAuth:
 
 
 class BodyLimit:
-    """Reads the body up to `limit` bytes before the app sees it; larger (or lying Content-Length) -> 413."""
+    """Request size limits. JSON routes: the body is read up to `limit` bytes before the app sees it (larger, or
+    a lying Content-Length -> 413). Upload routes (`upload_paths`, multipart): the body streams through to the
+    app and is cut off with 413 once it passes `upload_limit`, so an upload is never buffered whole here.
+    """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None,
+                 upload_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.limit = limit
+        self.upload_limit = upload_limit if upload_limit is not None else limit
+        self.upload_paths = upload_paths
 
-    def _too_large(self) -> HttpError:
-        return HttpError(413, f"request body is larger than this server's limit of {self.limit} bytes "
-                         "(server.max_request_bytes)", code="request_too_large")
+    def _too_large(self, upload: bool) -> HttpError:
+        return HttpError(413, too_large_message(upload, self.upload_limit if upload else self.limit),
+                         code="request_too_large")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"] in self.upload_paths
+        limit = self.upload_limit if upload else self.limit
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None:
             try:
@@ -147,9 +155,13 @@ class BodyLimit:
             except ValueError:
                 await send_error(send, HttpError(400, "malformed Content-Length header"))
                 return
-            if size > self.limit:
-                await send_error(send, self._too_large())
+            if size > limit:
+                record_of(scope).error = "request_too_large"
+                await send_error(send, self._too_large(upload))
                 return
+        if upload:
+            await self._stream(scope, receive, send)
+            return
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -159,7 +171,8 @@ class BodyLimit:
             body = message.get("body", b"")
             total += len(body)
             if total > self.limit:
-                await send_error(send, self._too_large())
+                record_of(scope).error = "request_too_large"
+                await send_error(send, self._too_large(False))
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -175,3 +188,28 @@ class BodyLimit:
             return dict(await receive())
 
         await self.app(scope, replay, send)
+
+    async def _stream(self, scope: Scope, receive: Any, send: Any) -> None:
+        from starlette.exceptions import HTTPException
+
+        total = 0
+
+        async def counted() -> Message:
+            nonlocal total
+            message = dict(await receive())
+            if message["type"] == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.upload_limit:
+                    # Raised inside the app's body parser: FastAPI re-raises HTTPException, the app's handler
+                    # renders it as the OpenAI-style 413, and the multipart parser drops what it spooled.
+                    raise HTTPException(413, too_large_message(True, self.upload_limit))
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def too_large_message(upload: bool, limit: int) -> str:
+    if upload:
+        return (f"request body is larger than this server's upload limit of {limit} bytes "
+                "(server.max_upload_bytes)")
+    return f"request body is larger than this server's limit of {limit} bytes (server.max_request_bytes)"

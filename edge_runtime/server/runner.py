@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -18,6 +18,9 @@ from edge_runtime.config import Settings
 from edge_runtime.engine.types import Engine, EngineState
 from edge_runtime.errors import ClawdError, ConfigError
 from edge_runtime.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from edge_runtime.kiosk.service import KioskService
 
 log = logging.getLogger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -128,9 +131,17 @@ async def _watchdog(server: DaemonServer, notifier: Notifier, alive: Liveness, i
         await asyncio.sleep(interval)
 
 
+async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None:
+    # At the signal, not after the HTTP drain: a visitor must not start a new turn on a daemon that is stopping.
+    # (The app's lifespan stops it too, so the order kiosk -> modules -> engine holds however serve() ends.)
+    while not server.should_exit:
+        await asyncio.sleep(0.05)
+    await kiosk.stop()
+
+
 async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socket,
-                notifier: Notifier | None = None) -> None:
-    """Serve `app` on the bound `sock` until SIGTERM/SIGINT; then drain, close the engine and return."""
+                notifier: Notifier | None = None, kiosk: KioskService | None = None) -> None:
+    """Serve `app` on the bound `sock` until SIGTERM/SIGINT; then stop `kiosk`, drain, close the engine, return."""
     notifier = notifier or Notifier()
 
     async def quiet_at_shutdown(scope: Any, receive: Any, send: Any) -> None:
@@ -153,6 +164,8 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
     if notifier.watchdog_interval is not None:
         helpers.append(asyncio.ensure_future(
             _watchdog(server, notifier, Liveness(engine), notifier.watchdog_interval)))
+    if kiosk is not None:
+        helpers.append(asyncio.ensure_future(_stop_kiosk_on_exit(server, kiosk)))
     try:
         await server.serve(sockets=[sock])
     except SystemExit as exc:
@@ -162,6 +175,8 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
         for task in helpers:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
+        if kiosk is not None:
+            await kiosk.stop()  # normally stopped already; never let a turn outlive the engine
         notifier.status("closing the engine")
         await engine.close()
         sock.close()

