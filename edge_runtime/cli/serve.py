@@ -71,7 +71,8 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
 @click.option("--parallel", "-np", type=click.IntRange(1, 64), default=None,
               help="Parallel slots: requests decoded together (default: parallel, 4).")
 @click.option("--ctx", "-c", "context", type=click.IntRange(16), default=None,
-              help="Total KV cells shared by the slots (default: context, else parallel x max_sequence_length); "
+              help="Total KV cells, split evenly between the slots (default: context, else parallel x "
+                   "max_sequence_length); "
                    "the memory planner shrinks it to fit the memory budget.")
 @click.option("--threads", "-t", type=click.IntRange(1, 256), default=None,
               help="CPU threads for llama.cpp (default: threads, all cores).")

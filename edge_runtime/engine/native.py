@@ -93,7 +93,7 @@ class Runtime:
         cparams.n_outputs_max = plan.n_parallel
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.kv_unified = plan.kv_unified
+        cparams.kv_unified = False  # one KV stream per slot; see planner.plan for why never a shared pool
         cparams.swa_full = False  # sliding-window layers keep only their window, as llama-server does
         cparams.no_perf = True
         kv_type = lib.GGML_TYPE_Q8_0 if plan.kv_type == "q8_0" else lib.GGML_TYPE_F16
@@ -193,9 +193,7 @@ class Runtime:
         """Make the first n cells of `src` the whole of `dst` (positions 0..n-1); False leaves `dst` empty.
 
         The sequence's state goes through a host buffer (what llama-server does to restore a cached prompt into any
-        slot) and the copy is cut back to n: llama.cpp copies only whole streams between split KV streams, and in a
-        shared pool `llama_memory_seq_cp` would share cells, which the scheduler's per-slot cell accounting (used
-        to decide when the pool is full) would count twice.
+        slot) and the copy is cut back to n: llama.cpp copies only whole streams between KV streams.
         """
         lib = self.lib
         size = int(lib.llama_state_seq_get_size(self.ctx, src))

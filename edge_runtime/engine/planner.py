@@ -38,7 +38,6 @@ class MemoryPlan:
     n_ctx_per_slot: int
     n_ctx: int
     kv_type: str
-    kv_unified: bool
     use_mmap: bool
     n_batch: int
     n_ubatch: int
@@ -54,9 +53,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         """One line for `clawd-edge doctor` and the daemon's startup log."""
-        layout = "one pool shared by the slots" if self.kv_unified else "split evenly"
         text = (
-            f"{self.n_parallel} slot(s) x {self.n_ctx_per_slot} ctx ({self.n_ctx} KV cells, {layout}, "
+            f"{self.n_parallel} slot(s) x {self.n_ctx_per_slot} ctx ({self.n_ctx} KV cells, split evenly, "
             f"KV {self.kv_type}), {'mmap' if self.use_mmap else 'read into RAM'}, batch {self.n_batch}/"
             f"{self.n_ubatch}; estimated {_mib(self.total_bytes)} = weights {_mib(self.weights_bytes)} + "
             f"KV {_mib(self.kv_bytes)} + compute {_mib(self.compute_bytes)} + runtime "
@@ -127,7 +125,10 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
          total_context: int | None = None, kv_cache_type: str = "auto", n_batch: int = 256) -> MemoryPlan:
     """Fit `n_parallel` slots of `n_ctx_per_slot` into `budget`: f16 KV, else q8_0 (auto), else a shorter context.
 
-    `total_context` below n_parallel x n_ctx_per_slot makes the slots share one KV pool (unified cache).
+    `total_context` below n_parallel x n_ctx_per_slot is split evenly between the slots. Not one pool shared by
+    the slots (llama.cpp's kv_unified): in llama.cpp 0.3.36 (llama-cpp-python 0.3.36) a shared pool corrupts
+    other sequences' cells once one sequence's cells are removed and reused, measured as logit differences of
+    0.66-40 against decoding alone (scripts/repro_unified_kv.py); with a stream per slot they are 0.
     Raises MemoryPlanError naming the sizes when even the smallest context cannot fit.
     """
     if n_parallel < 1 or n_ctx_per_slot < 1 or n_batch < 1:
@@ -137,9 +138,12 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     if info.n_ctx_train and slot_ctx > info.n_ctx_train:
         notes.append(f"max_sequence_length {slot_ctx} capped to the model's training context {info.n_ctx_train}")
         slot_ctx = info.n_ctx_train
-    unified = total_context is not None and total_context < n_parallel * slot_ctx
-    pool = total_context if unified and total_context is not None else n_parallel * slot_ctx
-    slot_ctx = min(slot_ctx, pool)
+    if total_context is not None and total_context < n_parallel * slot_ctx:
+        split = max(1, total_context // n_parallel)
+        notes.append(f"context {total_context} split evenly: {split} per slot instead of max_sequence_length "
+                     f"{slot_ctx}")
+        slot_ctx = split
+    pool = n_parallel * slot_ctx
     n_ubatch = min(n_batch, MAX_UBATCH)
     weights = info.file_size
     compute = compute_bytes(info, n_ubatch, n_parallel)
@@ -149,7 +153,7 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     def build(kv_type: str, cells: int, per_slot: int) -> MemoryPlan:
         return MemoryPlan(
             model_path=info.path, budget=budget, budget_source=budget_source, n_parallel=n_parallel,
-            n_ctx_per_slot=per_slot, n_ctx=cells, kv_type=kv_type, kv_unified=unified, use_mmap=True,
+            n_ctx_per_slot=per_slot, n_ctx=cells, kv_type=kv_type, use_mmap=True,
             n_batch=n_batch, n_ubatch=n_ubatch, weights_bytes=weights,
             kv_bytes=int(cells * kv_bytes_per_cell(info, kv_type))
             + swa_bytes(info, kv_type, n_parallel, per_slot, n_ubatch), compute_bytes=compute,
@@ -167,19 +171,14 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     swa = swa_bytes(info, kv_type, n_parallel, slot_ctx, n_ubatch)
     cells = max(0, int((budget - fixed - swa) // max(kv_bytes_per_cell(info, kv_type), 1.0)))
     floor = min(MIN_SLOT_CONTEXT, slot_ctx)
-    if unified:
-        new_pool = min(pool, cells)
-        new_pool -= new_pool % 256 if new_pool >= 256 else 0
-        per_slot = min(slot_ctx, new_pool)
-    else:
-        per_slot = min(slot_ctx, cells // n_parallel)
-        # llama.cpp pads KV sizes to 256 cells anyway, so a round size wastes nothing.
-        per_slot -= per_slot % 256 if per_slot >= 256 else 0
-        new_pool = per_slot * n_parallel
+    per_slot = min(slot_ctx, cells // n_parallel)
+    # llama.cpp pads KV sizes to 256 cells anyway, so a round size wastes nothing.
+    per_slot -= per_slot % 256 if per_slot >= 256 else 0
+    new_pool = per_slot * n_parallel
     if per_slot >= floor:
         notes.append(f"context shrunk from {n_ctx_per_slot} to {per_slot} per slot to fit the budget")
         return build(kv_type, new_pool, per_slot)
-    smallest = build(kv_type, floor if unified else floor * n_parallel, floor)
+    smallest = build(kv_type, floor * n_parallel, floor)
     raise MemoryPlanError(
         f"{info.path.name} does not fit in the memory budget of {_mib(budget)} ({budget_source}): it needs at "
         f"least {_mib(smallest.total_bytes)} (weights {_mib(weights)} + KV {_mib(smallest.kv_bytes)} for "

@@ -92,7 +92,6 @@ class Scheduler:
         self.done = done
         self.slots = [Slot(seq) for seq in range(rt.plan.n_parallel)]
         self.slot_limit = min(rt.plan.n_ctx_per_slot, rt.n_ctx_seq)
-        self.unified = rt.plan.kv_unified
         self._clock = itertools.count(1)
 
     # -- admission ----------------------------------------------------------------------------------------
@@ -234,9 +233,6 @@ class Scheduler:
         prompting = sorted((s for s in self.slots if s.job is not None and not s.job.generating),
                            key=lambda s: s.job.order if s.job else 0)
         budget = rt.n_batch - len(generating)
-        if self.unified:
-            budget = min(budget, self._make_room(len(generating)) - len(generating))
-            generating = [s for s in generating if s.job is not None]
         at = 0
         outputs: list[tuple[Slot, int]] = []
         undo: list[tuple[Slot, int, int]] = []
@@ -325,36 +321,11 @@ class Scheduler:
         slot.job = None
         slot.last_used = next(self._clock)
 
-    def _make_room(self, needed: int) -> int:
-        """Unified KV: free cells for this step, evicting idle prefix caches, then the longest stream if need be."""
-        total = self.rt.plan.n_ctx
-        free = total - sum(len(s.tokens) for s in self.slots)
-        for slot in sorted(self.slots, key=lambda s: s.last_used):
-            if free >= max(needed, 1) + self.rt.n_batch // 2:
-                break
-            if slot.job is None and slot.tokens:
-                free += len(slot.tokens)
-                self.rt.seq_rm(slot.seq, 0)
-                slot.tokens.clear()
-        while free < needed:
-            victim = max((s for s in self.slots if s.job is not None and s.job.generating),
-                         key=lambda s: len(s.tokens))
-            assert victim.job is not None
-            job = victim.job
-            free += len(victim.tokens)
-            self._finish(victim, FinishReason.LENGTH, job.stop.flush())
-            self.rt.seq_rm(victim.seq, 0)
-            victim.tokens.clear()
-            needed -= 1
-        return free
-
     def _decode_failed(self, status: int, undo: list[tuple[Slot, int, int]]) -> None:
         for slot, n_tokens, n_past in undo:
             del slot.tokens[n_tokens:]
             if slot.job is not None:
                 slot.job.n_past = n_past
-        if status == 1 and self.unified and any(s.job is None and s.tokens for s in self.slots):
-            return  # _make_room evicts an idle cache before the next attempt
         log.error("llama_decode failed with status %d", status)
         error = EngineError(f"llama.cpp failed to decode (status {status})")
         for slot, _, _ in undo:

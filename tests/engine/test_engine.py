@@ -268,20 +268,21 @@ def test_close_fails_running_streams_and_refuses_new_ones(make_engine: MakeEngin
     asyncio.run(scenario())
 
 
-def test_shared_kv_pool_cuts_the_longest_stream_when_full(make_engine: MakeEngine) -> None:
+def test_a_small_total_context_is_split_and_each_stream_ends_at_its_share(make_engine: MakeEngine) -> None:
     engine = make_engine(parallel=2, max_sequence_length=512, context=256, batch_size=64)
-    assert engine.plan.kv_unified and engine.plan.n_ctx == 256
+    assert engine.plan.n_ctx == 256 and engine.plan.n_ctx_per_slot == 128
 
-    async def scenario() -> list[tuple[str, int]]:
+    async def scenario() -> list[tuple[str, int, int]]:
         results = await asyncio.gather(*(collect(engine, completion(f"Count from {i} to 900: {i}, {i + 1},",
                                                                     max_tokens=200)) for i in (1, 500)))
-        return sorted((last.finish_reason.value if last.finish_reason else "",
-                       last.usage.completion_tokens if last.usage else 0) for _, last in results)
+        return [(last.finish_reason.value if last.finish_reason else "",
+                 last.usage.prompt_tokens if last.usage else 0,
+                 last.usage.completion_tokens if last.usage else 0) for _, last in results]
 
-    (reason_a, tokens_a), (reason_b, tokens_b) = asyncio.run(scenario())
-    # 2 x (prompt + 200) tokens cannot fit 256 cells: one stream is cut short, the other then has room.
-    assert reason_a == reason_b == "length"
-    assert min(tokens_a, tokens_b) < 200 == max(tokens_a, tokens_b)
+    # Both streams run to the end of their own 128 cells, side by side: neither takes the other's share.
+    for reason, prompt, completion_tokens in asyncio.run(scenario()):
+        assert reason == "length"
+        assert prompt + completion_tokens == 128 + 1  # the last token is sampled, never stored in a cell
     assert engine.status().slots_busy == 0
 
 

@@ -22,7 +22,7 @@ GIB = 1024**3
 def test_smollm2_eight_slots_fit_two_gib_with_f16(smollm2_path: Path) -> None:
     info = inspect(smollm2_path)
     p = plan(info, budget=2 * GIB, budget_source="test", n_parallel=8, n_ctx_per_slot=2048)
-    assert (p.n_parallel, p.n_ctx_per_slot, p.n_ctx, p.kv_type, p.kv_unified) == (8, 2048, 16384, "f16", False)
+    assert (p.n_parallel, p.n_ctx_per_slot, p.n_ctx, p.kv_type) == (8, 2048, 16384, "f16")
     # 30 layers x 3 KV heads x 64 dims x (K+V) x 2 bytes = 23040 bytes per cell: llama.cpp reports 360 MiB.
     assert p.kv_bytes == 16384 * 23040 == 360 * MIB
     assert p.weights_bytes == smollm2_path.stat().st_size
@@ -52,11 +52,11 @@ def test_explicit_kv_type_is_kept(smollm2_path: Path) -> None:
         plan(info, budget=2 * GIB, budget_source="t", n_parallel=2, n_ctx_per_slot=1024, kv_cache_type="q4")
 
 
-def test_context_below_slots_times_length_shares_one_pool(smollm2_path: Path) -> None:
+def test_context_below_slots_times_length_is_split_evenly(smollm2_path: Path) -> None:
     p = plan(inspect(smollm2_path), budget=2 * GIB, budget_source="t", n_parallel=4, n_ctx_per_slot=2048,
              total_context=4096)
-    assert p.kv_unified and p.n_ctx == 4096 and p.n_ctx_per_slot == 2048
-    assert "shared" in p.describe()
+    assert p.n_ctx == 4096 and p.n_ctx_per_slot == 1024
+    assert "context 4096 split evenly: 1024 per slot" in p.describe()
 
 
 def test_context_is_capped_at_training_length(smollm2_path: Path) -> None:

@@ -5,8 +5,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from edge_runtime.engine import LlamaEngine
 
 from .conftest import chat, collect, completion
@@ -15,34 +13,21 @@ MakeEngine = Callable[..., LlamaEngine]
 SYSTEM = ("You are the voice of a museum kiosk. Answer visitors briefly and politely, in one sentence, "
           "and never invent opening hours or prices that you were not told about.")
 QUESTIONS = ("Where is the toilet?", "Is there a cafe?", "Can I take photos?", "Where are the dinosaurs?")
-# Split: one KV stream per slot. Unified: one pool for all slots. Sequences decoded together in a pool share one
-# attention pass over it (llama.cpp cuts the batch differently than with a stream per slot), and greedy near-ties
-# can then flip against a one-slot reference: seen with copies and without, never with idle caches alone. So texts
-# are compared exactly with split streams; in a pool the test checks what was copied and evaluated.
-LAYOUTS = {"split": {}, "unified": {"context": 4 * 512 - 1}}
 
 
-def _same_answers(layout: str, got: list[str], expected: list[str]) -> None:
-    if layout == "split":
-        assert got == expected
-    else:
-        assert all(text.strip() for text in got)
-
-
-def _references(make_engine: MakeEngine, **layout: object) -> list[str]:
+def _references(make_engine: MakeEngine) -> list[str]:
     """Each question answered greedily by an engine that has nothing cached (so nothing can be copied)."""
     answers = []
     for question in QUESTIONS:
-        engine = make_engine(parallel=1, **layout)
+        engine = make_engine(parallel=1)
         answers.append(asyncio.run(collect(engine, chat(question, system=SYSTEM, max_tokens=24)))[0])
         engine.close_sync()
     return answers
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_a_burst_with_one_system_prompt_evaluates_it_once(make_engine: MakeEngine, layout: str) -> None:
-    expected = _references(make_engine, **LAYOUTS[layout])
-    engine = make_engine(parallel=4, **LAYOUTS[layout])
+def test_a_burst_with_one_system_prompt_evaluates_it_once(make_engine: MakeEngine) -> None:
+    expected = _references(make_engine)
+    engine = make_engine(parallel=4)
 
     async def burst() -> list[tuple[str, int, int]]:
         results = await asyncio.gather(*(collect(engine, chat(q, system=SYSTEM, max_tokens=24)) for q in QUESTIONS))
@@ -51,7 +36,7 @@ def test_a_burst_with_one_system_prompt_evaluates_it_once(make_engine: MakeEngin
 
     results = asyncio.run(burst())
     status = engine.status()
-    _same_answers(layout, [text for text, _, _ in results], expected)
+    assert [text for text, _, _ in results] == expected
     total = sum(prompt for _, prompt, _ in results)
     cached = sum(c for _, _, c in results)
     # The first request evaluates the system turn; the other three copy it (≥ 40 tokens each) once it is there.
@@ -60,10 +45,9 @@ def test_a_burst_with_one_system_prompt_evaluates_it_once(make_engine: MakeEngin
     assert status.prompt_tokens_evaluated_total == total - cached
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_a_busy_slot_lends_its_prefix_to_a_new_request(make_engine: MakeEngine, layout: str) -> None:
-    expected = _references(make_engine, **LAYOUTS[layout])[1]
-    engine = make_engine(parallel=4, **LAYOUTS[layout])
+def test_a_busy_slot_lends_its_prefix_to_a_new_request(make_engine: MakeEngine) -> None:
+    expected = _references(make_engine)[1]
+    engine = make_engine(parallel=4)
 
     async def scenario() -> tuple[str, int]:
         generating = asyncio.Event()
@@ -82,7 +66,7 @@ def test_a_busy_slot_lends_its_prefix_to_a_new_request(make_engine: MakeEngine, 
         return text, last.usage.cached_prompt_tokens
 
     text, cached = asyncio.run(scenario())
-    _same_answers(layout, [text], [expected])
+    assert text == expected
     assert cached >= 40
     assert engine.status().prefix_copies_total == 1
 
@@ -105,8 +89,7 @@ def test_sliding_window_model_copies_give_the_same_greedy_text(make_engine: Make
     assert engine.status().prefix_copies_total == 2
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_shared_prefixes_under_churn_keep_every_answer_exact(make_engine: MakeEngine, layout: str) -> None:
+def test_shared_prefixes_under_churn_keep_every_answer_exact(make_engine: MakeEngine) -> None:
     """24 requests over 4 slots: two system prompts, six questions, every fourth request cancelled mid-way."""
     import random
 
@@ -116,7 +99,7 @@ def test_shared_prefixes_under_churn_keep_every_answer_exact(make_engine: MakeEn
     reference = make_engine(parallel=1)
     expected = {p: asyncio.run(collect(reference, chat(p[1], system=p[0], max_tokens=16)))[0] for p in set(prompts)}
     reference.close_sync()
-    engine = make_engine(parallel=4, **({"max_sequence_length": 512} | LAYOUTS[layout]))
+    engine = make_engine(parallel=4)
     rng = random.Random(7)
 
     async def one(index: int, prompt: tuple[str, str]) -> str | None:
@@ -134,7 +117,7 @@ def test_shared_prefixes_under_churn_keep_every_answer_exact(make_engine: MakeEn
     results = asyncio.run(churn())
     answered = [(text, expected[prompt]) for prompt, text in zip(prompts, results, strict=True) if text is not None]
     assert len(answered) == 18
-    _same_answers(layout, [got for got, _ in answered], [want for _, want in answered])
+    assert [got for got, _ in answered] == [want for _, want in answered]
     status = engine.status()
     assert status.slots_busy == 0 and status.queue_depth == 0
     assert status.prefix_copies_total > 0
