@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -53,6 +54,15 @@ def available_modules() -> dict[str, ModuleSpec]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         specs.setdefault(ep.name, ModuleSpec(ep.name, ep.value, False))
     return specs
+
+
+async def stop_modules(modules: Sequence[Module], log: logging.Logger) -> None:
+    """Stop `modules` in reverse start order; one that fails to stop is logged and the others still stop."""
+    for module in reversed(modules):
+        try:
+            await module.stop()
+        except Exception:
+            log.exception("module %s failed to stop", module.name)
 
 
 def enabled_modules(settings: Settings) -> list[Module]:

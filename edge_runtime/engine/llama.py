@@ -126,17 +126,18 @@ class LlamaEngine:
         )
 
     async def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
+        self._request_close()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
     def close_sync(self) -> None:
         """For callers without an event loop (tests, the CLI's exit path)."""
+        self._request_close()
+        self._thread.join()
+
+    def _request_close(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join()
 
     # -- worker thread -------------------------------------------------------------------------------------
     def _emit(self, job: Job, item: Chunk | BaseException) -> None:

@@ -172,8 +172,9 @@ class Scheduler:
         their time to first token on a 2-core CPU.
         """
         limit = len(job.prompt) - 1
-        now, donor = job.n_past, None
-        later: tuple[int, Slot | None] = (job.n_past, None)
+        now, donor = job.n_past, None  # the longest prefix already evaluated in another slot
+        later = job.n_past  # the longest one another slot's prompt is still evaluating
+        awaited: tuple[Slot, Job, int] | None = None
         for other in self.slots:
             if other is slot:
                 continue
@@ -183,11 +184,10 @@ class Scheduler:
             o = other.job
             if o is not None and not o.generating and o.wait_for is None:
                 m = min(common_prefix(o.prompt, job.prompt), limit)
-                if m > later[0]:
-                    later = (m, other)
-        waiting_on = later[1]
-        if waiting_on is not None and waiting_on.job is not None and later[0] >= now + MIN_SHARED_PREFIX:
-            job.wait_for = (waiting_on, waiting_on.job, later[0])
+                if m > later:
+                    later, awaited = m, (other, o, m)
+        if awaited is not None and later >= now + MIN_SHARED_PREFIX:
+            job.wait_for = awaited
         elif donor is not None and now >= job.n_past + MIN_SHARED_PREFIX:
             self._copy_from(donor, slot, now)
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Settings
 from ..engine.types import Engine
 from ..errors import ClawdError
+from ..modules import stop_modules
 from .options import KioskOptions, parse_options
 from .turnlog import TurnLog
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RETRY_FIRST = 5.0
 RETRY_MAX = 60.0
+# KioskService.status values (/health's kiosk.status, the clawd_edge_kiosk_status metric's label).
+STATUSES = ("starting", "running", "failed", "finished", "stopped")
 
 
 def module_options(settings: Settings, name: str, **changes: Any) -> dict[str, Any]:
@@ -98,7 +101,7 @@ class KioskService:
         self.notify = notify
         self.retry_first = retry_first
         self.retry_max = retry_max
-        self.status = "stopped"  # starting | running | failed | finished | stopped
+        self.status = "stopped"  # one of STATUSES
         self.reason: str | None = None
         self.failures = 0
         self._turns_before = 0  # turns of kiosk loops that already ended (restarts)
@@ -134,11 +137,7 @@ class KioskService:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for module in reversed(self._started):
-            try:
-                await module.stop()
-            except Exception:
-                log.exception("kiosk: module %s failed to stop", module.name)
+        await stop_modules(self._started, log)
         self._started = []
         if self._turn_log is not None:
             self._turn_log.close()

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from edge_runtime import __version__
 from edge_runtime.config import Settings
 from edge_runtime.engine.types import Engine, EngineState
-from edge_runtime.modules import Module
+from edge_runtime.modules import Module, stop_modules
 
 from .context import AppContext
 from .errors import install_handlers
@@ -42,11 +42,7 @@ def _lifespan(modules: Sequence[Module], kiosk: KioskService | None) -> Any:
         finally:
             if kiosk is not None:
                 await kiosk.stop()  # before the modules it shares (and, in the runner, the engine) go away
-            for module in reversed(started):
-                try:
-                    await module.stop()
-                except Exception:
-                    log.exception("module %s failed to stop", module.name)
+            await stop_modules(started, log)
     return lifespan
 
 

@@ -110,8 +110,6 @@ class _EngineCollector:
 class _KioskCollector:
     """The in-daemon kiosk's status (KioskService.snapshot), read at scrape time."""
 
-    STATUSES = ("starting", "running", "failed", "finished", "stopped")
-
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self._snapshot = snapshot
 
@@ -121,11 +119,13 @@ class _KioskCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        from edge_runtime.kiosk.service import STATUSES
+
         k = self._snapshot()
         yield GaugeMetricFamily(f"{PREFIX}_kiosk_up", "1 while the kiosk loop runs (listening or answering)",
                                 value=1.0 if k["status"] == "running" else 0.0)
         status = GaugeMetricFamily(f"{PREFIX}_kiosk_status", "1 for the kiosk's current status", labels=["status"])
-        for option in self.STATUSES:
+        for option in STATUSES:
             status.add_metric([option], 1.0 if k["status"] == option else 0.0)
         yield status
         yield CounterMetricFamily(f"{PREFIX}_kiosk_turns", "Kiosk turns (spoken or read questions) handled",
