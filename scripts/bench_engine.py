@@ -220,12 +220,15 @@ def case_single(args: argparse.Namespace) -> None:
     try:
         engine_tg(engine, 16)  # warm the page cache and the graph
         for _ in range(args.rounds):
+            # The engine runs right before and right after llama-bench and scores their mean: this machine's speed
+            # drifts by several percent over tens of seconds, so a peer measured minutes apart is a different machine.
             wait_idle(args)
+            engine_tg(engine, 16)  # a warm-up, as llama-bench runs one before its timed run
+            before = engine_tg(engine, args.tokens)
             peers["llama-bench"].append(llama_bench_tg(args.bin_dir, args.model, args.threads, args.tokens))
+            peers["engine"].append((before + engine_tg(engine, args.tokens)) / 2)
             wait_idle(args)
             peers["llama-completion"].append(llama_completion_tg(args.bin_dir, args.model, args.threads, args.tokens))
-            wait_idle(args)
-            peers["engine"].append(engine_tg(engine, args.tokens))
             if args.python_peer:
                 wait_idle(args)
                 peers["llama-cpp-python"].append(llama_cpp_python_tg(args.model, args.threads, args.tokens))
@@ -335,15 +338,19 @@ def report(title: str, values: dict[str, list[float]], base: str) -> None:
     # the median shows how it fares under the load of the moment.
     lower_is_better = "time" in title
     pick = min if lower_is_better else max
-    print(f"| runtime | best | median | runs | best vs {base} | median vs {base} |")
-    print("|---|---:|---:|---|---:|---:|")
+    # "paired": the median of each round's ratio to the peer's run of the same round, which cancels most of the
+    # minute-to-minute drift of a shared machine (rounds are interleaved).
+    print(f"| runtime | best | median | runs | best vs {base} | median vs {base} | paired median vs {base} |")
+    print("|---|---:|---:|---|---:|---:|---:|")
     ref_best, ref_median = pick(values[base]), median(values[base])
     for name, runs in values.items():
         if not runs:
             continue
         best, mid = pick(runs), median(runs)
+        paired = (median([v / b for v, b in zip(runs, values[base], strict=True)])
+                  if len(runs) == len(values[base]) else None)
         print(f"| {name} | {best:.3f} | {mid:.3f} | {', '.join(f'{v:.3f}' for v in runs)} | "
-              f"{best / ref_best:.2f} | {mid / ref_median:.2f} |")
+              f"{best / ref_best:.2f} | {mid / ref_median:.2f} | {'' if paired is None else f'{paired:.3f}'} |")
 
 
 def main(argv: list[str] | None = None) -> None:

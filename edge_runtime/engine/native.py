@@ -5,9 +5,11 @@ import ctypes
 import functools
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError, ModelError
+from .greedy import GreedyPicker
 from .planner import MemoryPlan
 
 _PIECE_BUFFER = 256
@@ -52,6 +54,17 @@ def _route_llama_logs(lib: Any) -> Any:
     return callback
 
 
+def _lib_dir(lib: Any) -> Path:
+    return Path(lib.llama_cpp._lib._name).parent
+
+
+def _raw_function(lib: Any, name: str, argtypes: list[Any], restype: Any) -> Any:
+    """A private handle on a libllama function with our own signature (a bare address instead of a float *)."""
+    fn = getattr(ctypes.CDLL(lib.llama_cpp._lib._name), name)
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def _address(pointer: Any) -> int:
     value = ctypes.cast(pointer, ctypes.c_void_p).value
     if not value:
@@ -75,6 +88,7 @@ class Runtime:
                              "or corrupt tensor data; run with -v for llama.cpp's log)")
         self.ctx: Any = None
         self.batch: Any = None
+        self.greedy: GreedyPicker | None = None
         try:
             self._init_context(plan, threads, flash_attn)
         except BaseException:
@@ -120,6 +134,9 @@ class Runtime:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
+        self._logits_ith = _raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
+                                         ctypes.c_void_p)
+        self.greedy = GreedyPicker.create(_lib_dir(lib), self.n_vocab, threads)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._token_addr = _address(self.batch.token)
         self._pos_addr = _address(self.batch.pos)
@@ -237,12 +254,22 @@ class Runtime:
         batch.n_tokens = at + 1
         return at + 1
 
+    def pick_greedy(self, index: int) -> int | None:
+        """The argmax of batch row `index`'s logits without llama.cpp's candidate array; None: use a sampler."""
+        if self.greedy is None:
+            return None
+        address = self._logits_ith(self.ctx, index)
+        return self.greedy.pick(address) if address else None
+
     def decode(self) -> int:
         """0 ok, 1 no room in the KV cache, other values are llama.cpp errors."""
         return int(self.lib.llama_decode(self.ctx, self.batch))
 
     def close(self) -> None:
         lib = self.lib
+        if self.greedy is not None:
+            self.greedy.close()
+            self.greedy = None
         if self.batch is not None:
             lib.llama_batch_free(self.batch)
             self.batch = None

@@ -77,6 +77,8 @@ class Sampler:
         self.penalties: Any = None
         self._single: Any = None
         self._single_data: Any = None
+        # The plain argmax (no penalties, no grammar): the caller may pick it without the chain (greedy.py).
+        self.greedy = params.temperature <= 0 and grammar is None and not penalties_active(params)
         try:
             self._build(vocab, params, grammar)
         except BaseException:

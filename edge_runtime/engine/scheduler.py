@@ -272,7 +272,8 @@ class Scheduler:
             job = slot.job
             assert job is not None and job.sampler is not None
             job.generating = True
-            self._on_token(slot, job.sampler.sample(rt.ctx, index))
+            token = rt.pick_greedy(index) if job.sampler.greedy else None
+            self._on_token(slot, job.sampler.sample(rt.ctx, index) if token is None else token)
 
     def _on_token(self, slot: Slot, token: int) -> None:
         job = slot.job
