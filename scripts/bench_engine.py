@@ -222,10 +222,13 @@ def case_single(args: argparse.Namespace) -> None:
         for _ in range(args.rounds):
             # The engine runs right before and right after llama-bench and scores their mean: this machine's speed
             # drifts by several percent over tens of seconds, so a peer measured minutes apart is a different machine.
+            # Each timed run follows a 16-token warm-up, as llama-bench's does: the first tokens after another
+            # process had the CPUs run about 2% slower (cold caches), for llama-bench as for the engine.
             wait_idle(args)
-            engine_tg(engine, 16)  # a warm-up, as llama-bench runs one before its timed run
+            engine_tg(engine, 16)
             before = engine_tg(engine, args.tokens)
             peers["llama-bench"].append(llama_bench_tg(args.bin_dir, args.model, args.threads, args.tokens))
+            engine_tg(engine, 16)
             peers["engine"].append((before + engine_tg(engine, args.tokens)) / 2)
             wait_idle(args)
             peers["llama-completion"].append(llama_completion_tg(args.bin_dir, args.model, args.threads, args.tokens))

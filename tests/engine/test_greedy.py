@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from edge_runtime.config import Settings
-from edge_runtime.engine.greedy import GreedyPicker, slices_for
+from edge_runtime.engine.greedy import MIN_VOCAB, GreedyPicker, slices_for
 from edge_runtime.engine.native import Runtime, import_llama
 from edge_runtime.engine.planner import plan_for
 from edge_runtime.engine.sampling import Sampler
@@ -81,14 +81,16 @@ def test_slices_divide_the_vocabulary() -> None:
     assert slices_for(65521) == 1  # a prime: no slicing, no fast path
 
 
-def test_no_fast_path_where_rows_cannot_be_aligned() -> None:
-    # 50257 floats per row: the second row starts off ggml's 32-byte alignment, so the sampler chain must decide.
-    assert GreedyPicker.create(lib_dir(), 50257, 2) is None
-    assert GreedyPicker.create(lib_dir(), 0, 2) is None
+def test_no_fast_path_for_small_or_unaligned_vocabularies() -> None:
+    # 100257 floats per row: the second row starts off ggml's 32-byte alignment, so the sampler chain must decide.
+    assert GreedyPicker.create(lib_dir(), 100257, 2) is None
+    # Below MIN_VOCAB llama.cpp's own candidate array is as cheap (SmolLM2's 49152).
+    assert GreedyPicker.create(lib_dir(), 49152, 2) is None
+    assert GreedyPicker.create(lib_dir(), MIN_VOCAB, 2) is not None
 
 
 def test_pick_is_the_argmax_with_ties_to_the_lowest_id(picker: Callable[[int], GreedyPicker]) -> None:
-    n = 49152
+    n = 131072
     p = picker(n)
     rng = random.Random(7)
     for _ in range(20):
@@ -99,15 +101,15 @@ def test_pick_is_the_argmax_with_ties_to_the_lowest_id(picker: Callable[[int], G
         values[best] = 3.0
         assert pick(p, values) == best
     values = [-1.0] * n
-    for tied in (5000, 5001, 40000):  # two in one slice, one in a later slice
+    for tied in (5000, 5001, 90000):  # two in one slice, one in a later slice
         values[tied] = 2.5
     assert pick(p, values) == 5000
     assert pick(p, [float("-inf")] * n) is None  # nothing to pick: the chain decides
 
 
 def test_unaligned_rows_are_left_to_the_sampler(picker: Callable[[int], GreedyPicker]) -> None:
-    p = picker(49152)
-    row = Row([1.0] * 49160)
+    p = picker(131072)
+    row = Row([1.0] * 131080)
     assert p.pick(row.address + 4) is None
 
 
@@ -126,10 +128,18 @@ def test_only_plain_greedy_requests_take_the_fast_path() -> None:
     assert not flag(temperature=0.0, presence_penalty=0.5)
 
 
-@pytest.mark.parametrize("model", ["smollm2_path", "gemma3_path"])
-def test_fast_path_equals_llama_cpp_greedy_sampler(model: str, request: pytest.FixtureRequest) -> None:
-    """On every step of a real generation the fast path picks the token llama.cpp's greedy chain picks."""
-    path: Path = request.getfixturevalue(model)
+def test_small_vocabularies_keep_llama_cpp_sampler(smollm2_path: Path) -> None:
+    rt = in_thread(lambda: Runtime(plan_for(Settings(threads=2, parallel=1, max_sequence_length=256,
+                                                     batch_size=64), smollm2_path), threads=2))
+    try:
+        assert rt.greedy is None and rt.pick_greedy(0) is None
+    finally:
+        in_thread(rt.close)
+
+
+def test_fast_path_equals_llama_cpp_greedy_sampler(gemma3_path: Path) -> None:
+    """On every step of a real generation (Gemma-3, 262k vocabulary) the fast path picks llama.cpp's token."""
+    path = gemma3_path
     settings = Settings(threads=2, parallel=1, max_sequence_length=256, batch_size=64)
 
     def generate() -> tuple[list[int], list[int]]:
