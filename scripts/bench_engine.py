@@ -5,8 +5,10 @@
   multi   N concurrent streams x T tokens: engine aggregate tok/s and TTFT (optionally vs `llama-server -np N`)
   memory  the engine in a child process under a cgroup-v1 memory limit, all slots filled; peak RSS reported
 
-Rounds are interleaved (peer, engine, peer, engine, ...) so load from other processes hits both alike;
-ratios are of medians. Example:
+Rounds are interleaved (peer, engine, peer, engine, ...) so load from other processes hits both alike. Reported:
+best and median runs, their ratios, and the "paired" ratio (the median of each round's ratio). In `single` the
+engine runs right before and right after llama-bench, each timed run after a warm-up, and scores their mean.
+Example:
   nice python scripts/bench_engine.py single multi memory --llama-server --rounds 3
 """
 from __future__ import annotations

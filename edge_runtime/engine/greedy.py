@@ -84,6 +84,9 @@ class GreedyPicker:
             raise RuntimeError("ggml could not create a CPU backend")
         self._cpu.ggml_backend_cpu_set_n_threads(self._backend, max(1, threads))
         self._winners_buffer = self._base.ggml_backend_cpu_buffer_from_ptr(winners_at, 4 * self.slices)
+        if not self._winners_buffer:
+            self.close()
+            raise RuntimeError("ggml could not wrap the winners buffer")
         self._winners_at = winners_at
 
     @classmethod
