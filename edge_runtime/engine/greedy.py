@@ -48,7 +48,7 @@ def _bind(base: ctypes.CDLL, cpu: ctypes.CDLL) -> None:
 
 
 def slices_for(n_vocab: int) -> int:
-    """The most slices (<= MAX_SLICES) that divide the vocabulary evenly; 1 means no fast path."""
+    """The most slices (<= MAX_SLICES) that divide the vocabulary evenly."""
     return next(s for s in range(MAX_SLICES, 0, -1) if n_vocab % s == 0)
 
 
@@ -92,7 +92,8 @@ class GreedyPicker:
     @classmethod
     def create(cls, lib_dir: Path, n_vocab: int, threads: int) -> GreedyPicker | None:
         """A picker, or None where the fast path does not apply (the sampler chain then does the work)."""
-        if n_vocab < MIN_VOCAB or slices_for(n_vocab) < 2 or (4 * n_vocab) % _ALIGN:
+        # Aligned rows (n_vocab a multiple of 8) always split into at least 8 slices.
+        if n_vocab < MIN_VOCAB or (4 * n_vocab) % _ALIGN:
             return None
         try:
             return cls(lib_dir, n_vocab, threads)

@@ -198,6 +198,10 @@ class LlamaEngine:
         return self._idle_since + self._keep_alive
 
     def _wait_for_work(self) -> None:
+        # The steady state (slots generating, nothing submitted, no close) needs no lock: every Python line between
+        # two decodes is paid in CPU caches the decode just flushed. Unlocked reads of a deque and a bool are safe.
+        if self._sched is not None and self._sched.busy() and not self._pending and not self._closing:
+            return
         with self._cond:
             while not self._closing:
                 while self._pending:
@@ -239,12 +243,6 @@ class LlamaEngine:
             sched.admit(self._waiting.popleft())
         if sched.busy():
             sched.step()
-            # The steady state (nothing to admit or load, no close): step on without the lock and the checks above.
-            # Every Python line between two decodes is paid in CPU caches the decode just flushed.
-            while sched.busy() and not self._pending and not self._closing \
-                    and not (self._waiting and sched.free_slots()):
-                self._flush()
-                sched.step()
         if had_work:
             if not sched.busy() and not self._waiting:
                 self._idle_since = time.monotonic()  # keep_alive counts from the end of the last request

@@ -54,7 +54,8 @@ def _route_llama_logs(lib: Any) -> Any:
     return callback
 
 
-def _lib_dir(lib: Any) -> Path:
+def library_dir(lib: Any) -> Path:
+    """The folder of the libllama (and libggml) that llama-cpp-python loaded."""
     return Path(lib.llama_cpp._lib._name).parent
 
 
@@ -136,7 +137,7 @@ class Runtime:
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
         self._logits_ith = _raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
                                          ctypes.c_void_p)
-        self.greedy = GreedyPicker.create(_lib_dir(lib), self.n_vocab, threads)
+        self.greedy = GreedyPicker.create(library_dir(lib), self.n_vocab, threads)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._token_addr = _address(self.batch.token)
         self._pos_addr = _address(self.batch.pos)

@@ -12,7 +12,7 @@ import pytest
 
 from edge_runtime.config import Settings
 from edge_runtime.engine.greedy import MIN_VOCAB, GreedyPicker, slices_for
-from edge_runtime.engine.native import Runtime, import_llama
+from edge_runtime.engine.native import Runtime, import_llama, library_dir
 from edge_runtime.engine.planner import plan_for
 from edge_runtime.engine.sampling import Sampler
 from edge_runtime.engine.types import SamplingParams
@@ -21,7 +21,7 @@ T = TypeVar("T")
 
 
 def lib_dir() -> Path:
-    return Path(import_llama().llama_cpp._lib._name).parent
+    return library_dir(import_llama())
 
 
 def in_thread(fn: Callable[[], T]) -> T:
