@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge_runtime.errors import ConvertError, DependencyMissing
+from edge_runtime.errors import ConvertError
 
 log = logging.getLogger(__name__)
 # -q name -> llama_ftype constant name in llama_cpp.
@@ -25,10 +25,9 @@ FTYPES = MappingProxyType({
 
 def quantize(src: Path, dst: Path, qtype: str, *, threads: int = 0, show_progress: bool = True) -> None:
     """Write dst as the qtype quantization of src; a failure raises ConvertError (dst may be partial)."""
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise DependencyMissing("llama-cpp-python") from exc
+    from edge_runtime.engine.native import import_llama  # the CPU guard runs before llama.cpp does
+
+    llama_cpp = import_llama()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, FTYPES[qtype])
     params.nthread = threads
@@ -91,6 +90,6 @@ def _log_filter(llama_cpp: Any, *, verbose: bool) -> Any:
 
 
 def _restore_log(llama_cpp: Any) -> None:
-    from llama_cpp import _logger
+    from edge_runtime.engine.native import route_llama_logs
 
-    llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    llama_cpp.llama_log_set(route_llama_logs(llama_cpp), ctypes.c_void_p(0))

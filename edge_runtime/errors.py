@@ -61,6 +61,10 @@ class DownloadError(ClawdError):
     """No source of a model could deliver it."""
 
 
+class CpuMismatch(ClawdError):
+    """The installed llama.cpp build needs an instruction set this CPU lacks (it would die with SIGILL)."""
+
+
 class MemoryPlanError(ClawdError):
     """The model and the requested context cannot fit in the memory budget."""
 

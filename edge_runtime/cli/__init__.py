@@ -13,7 +13,7 @@ import click
 
 from .. import __version__
 from ..config import Settings, load
-from ..errors import ClawdError
+from ..errors import ClawdError, DependencyMissing
 
 # name -> "module:attribute"; a command whose module is absent (e.g. the converter on a device) is not listed.
 COMMANDS: dict[str, str] = {
@@ -27,6 +27,14 @@ COMMANDS: dict[str, str] = {
     "ocr": "edge_runtime.cli.ocr:ocr",
     "kiosk": "edge_runtime.cli.kiosk:kiosk",
     "convert": "convert.cli:convert",
+}
+
+# Third-party modules of the optional extras: a command that needs one that is missing says which extra to install.
+EXTRA_OF_MODULE: dict[str, str] = {
+    "fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "starlette": "server",
+    "pydantic": "server", "sounddevice": "voice", "vosk": "voice", "pocketsphinx": "voice", "multipart": "voice",
+    "pytesseract": "ocr", "cv2": "ocr", "PIL": "ocr", "sentencepiece": "convert", "tqdm": "convert",
+    "piper": "piper",
 }
 
 
@@ -74,6 +82,13 @@ class LazyGroup(click.Group):
         except ClawdError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except ModuleNotFoundError as exc:
+            extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            missing = DependencyMissing(f"{exc.name} (needed by this command)", extra=extra)
+            click.echo(f"error: {missing}", err=True)
+            ctx.exit(missing.exit_code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

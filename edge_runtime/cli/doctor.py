@@ -4,12 +4,19 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from .. import __version__, sysinfo
+from ..cpu import guard
+from ..cpu.build import installed as installed_build
+from ..cpu.features import read_cpu
+from ..cpu.profiles import PROFILES, best
 from ..errors import ClawdError
 from ..store import resolve_model
 from . import state
@@ -23,12 +30,53 @@ def _version(dist: str) -> str:
 
 
 def _llama_cpp() -> str:
+    from ..engine.native import import_llama
+
     try:
-        import llama_cpp
-    except ImportError as exc:
-        return f"not importable ({exc})"
+        llama_cpp = import_llama()  # through the CPU guard, like every model load
+    except ClawdError as exc:
+        return f"NOT USABLE: {exc}"
     info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
     return f"llama-cpp-python {llama_cpp.__version__}; {info}"
+
+
+def _build() -> tuple[bool, str]:
+    """The installed build's profile against this CPU: (ok, one line)."""
+    cpu, build = read_cpu(), installed_build()
+    relevant = sorted({f for p in PROFILES if p.arch == cpu.arch for f in p.requires} | set(guard.AMX_FLAGS))
+    have = " ".join(f for f in relevant if f in cpu.features) or "none of the profiles' features"
+    try:
+        fits = f"best profile here: {best(cpu.arch, cpu.features).name}"
+    except KeyError as exc:
+        fits = str(exc)
+    line = f"{cpu.model} ({cpu.arch}; {have}; {fits})"
+    if build is None:
+        return False, f"{line}; llama-cpp-python is not installed"
+    try:
+        guard.check(build, cpu)
+    except ClawdError as exc:
+        return False, f"{line}\n{'':<15} MISMATCH: {exc}"
+    return True, f"{line}\n{'':<15} {build.describe()}"
+
+
+def _self_test(model: Path, command: list[str] | None = None) -> tuple[bool, str]:
+    """Load the model and pick one token in a child process: a crash is reported here, never passed on.
+
+    `command` replaces the child (tests inject a crash with it)."""
+    argv = command or [sys.executable, "-m", "edge_runtime.engine.selftest", str(model)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        return False, "FAILED: no token within 300 s"
+    if done.returncode < 0:
+        sig = signal.Signals(-done.returncode).name
+        return False, (f"CRASHED with {sig} (signal {-done.returncode}): this llama.cpp build cannot run on this "
+                       f"CPU; rebuild it for this CPU's profile: scripts/bootstrap.sh (or scripts/build-wheel.sh "
+                       f"--profile P and pip install the wheel)")
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        return False, f"FAILED: {lines[-1] if lines else f'exit status {done.returncode}'}"
+    return True, f"ok: one token {done.stdout.strip()}"
 
 
 def _tesseract() -> str:
@@ -70,10 +118,14 @@ def _mib(n: int | None) -> str:
 
 @click.command()
 @click.option("--model", "-m", default=None, help="Check this model instead of the configured one.")
+@click.option("--no-self-test", is_flag=True, help="Skip loading the model in a child process.")
 @click.pass_context
-def doctor(ctx: click.Context, model: str | None) -> None:
-    """Report installed components, memory, and whether the configured model fits."""
+def doctor(ctx: click.Context, model: str | None, no_self_test: bool) -> None:
+    """Report the llama.cpp build against this CPU, installed components, memory, and whether the model fits
+    and runs (exit status 1 when it would not)."""
     settings = state(ctx).settings
+    build_ok, build_line = _build()
+    click.echo(f"{'cpu / build':<15} {build_line}")
     checks: list[tuple[str, Callable[[], str]]] = [
         ("clawd-edge", lambda: f"{__version__} on Python {platform.python_version()}, {platform.machine()}"),
         ("llama.cpp", _llama_cpp),
@@ -94,7 +146,7 @@ def doctor(ctx: click.Context, model: str | None) -> None:
         resolved = resolve_model(settings, model, pull=False)
     except ClawdError as exc:
         click.echo(f"{'model':<15} {exc}")
-        return
+        ctx.exit(0 if build_ok else 1)
     click.echo(f"{'model':<15} {resolved.name}: {resolved.path} ({_mib(resolved.path.stat().st_size)})")
     from ..engine.planner import plan_for
 
@@ -104,3 +156,9 @@ def doctor(ctx: click.Context, model: str | None) -> None:
         click.echo(f"{'memory plan':<15} DOES NOT FIT: {exc}")
         ctx.exit(1)
     click.echo(f"{'memory plan':<15} {plan.describe()}")
+    if not no_self_test:
+        test_ok, test_line = _self_test(resolved.path)
+        click.echo(f"{'self-test':<15} {test_line}")
+        build_ok = build_ok and test_ok
+    if not build_ok:
+        ctx.exit(1)

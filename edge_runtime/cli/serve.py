@@ -34,6 +34,11 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
     sock = bind(settings.server.host, settings.server.port)
     engine: Engine | None = None
     try:
+        from edge_runtime.cpu.build import runtime_labels
+
+        build = runtime_labels()
+        log.info("llama.cpp build profile %s (llama-cpp-python %s) on %s, %s", build["profile"],
+                 build["llama_cpp_python"], build["arch"], build["cpu"])
         notifier.status("resolving the model")
         resolved = resolve_model(settings)
         notifier.status(f"loading {resolved.name}")

@@ -13,14 +13,14 @@ from ..errors import AudioError, UsageError
 from . import state
 
 
-def _voice_module(settings: Settings, **changes: Any) -> Any:
+def _voice_module(settings: Settings, uses: frozenset[str] | None = None, **changes: Any) -> Any:
     """The voice module built from `modules.voice` options (enabled or not) plus command-line overrides."""
-    from ..voice.module import create
+    from ..voice.module import EVERYTHING, create
 
     configured = settings.modules.get("voice")
     options: dict[str, Any] = dict(configured.options) if configured is not None else {}
     options.update({k: v for k, v in changes.items() if v is not None})
-    return create(options, settings)
+    return create(options, settings, uses=uses or EVERYTHING)
 
 
 @click.command()
@@ -40,7 +40,9 @@ def listen(ctx: click.Context, input_spec: str | None, grammar: Path | None, stt
     spec = input_spec if input_spec else (f"mic:{device}" if device else None)
     if grammar is not None and not grammar.is_file():
         raise UsageError(f"--grammar: {grammar}: no such file")
-    module = _voice_module(state(ctx).settings, input=spec, stt_model=stt_model,
+    from ..voice.module import STT
+
+    module = _voice_module(state(ctx).settings, frozenset({STT}), input=spec, stt_model=stt_model,
                            grammar=str(grammar) if grammar else None)
     transcripts = module.listen(module.open_source())
     with contextlib.suppress(KeyboardInterrupt):
@@ -64,8 +66,11 @@ def say(ctx: click.Context, text: str, output: Path | None, voice: str | None, t
     """Speak TEXT (sentence by sentence) or write it to --output as WAV."""
     if not text.strip():
         raise UsageError("TEXT is empty")
+    from ..voice.module import PLAYBACK, TTS_ONLY
+
     changes: Mapping[str, Any] = {"voice": voice, "tts": tts, "rate": rate}
-    module = _voice_module(state(ctx).settings, **changes)
+    module = _voice_module(state(ctx).settings, frozenset({TTS_ONLY} if output else {TTS_ONLY, PLAYBACK}),
+                           **changes)
     if output is not None:
         from ..voice.audio import encode_wav
 

@@ -8,7 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cpu import guard
+from ..cpu.build import installed as installed_build
+from ..cpu.features import CpuInfo, read_cpu
 from ..errors import EngineError, ModelError
+from .bufts import drop_extra_buffer_types
 from .greedy import GreedyPicker
 from .planner import MemoryPlan
 
@@ -16,22 +20,45 @@ _PIECE_BUFFER = 256
 # A sequence's KV state is copied through a host buffer this big at most (about 1400 tokens of SmolLM2's f16 cache);
 # a longer donor is recomputed rather than doubling its cells in RAM for a moment on a 2 GB board.
 MAX_STATE_COPY_BYTES = 32 * 1024 * 1024
+log = logging.getLogger("edge_runtime.engine")
 
 
 def import_llama() -> Any:
-    """llama_cpp is heavy (numpy, the shared library): imported only when a model is really loaded."""
+    """llama_cpp is heavy (numpy, the shared library): imported only when a model is really loaded.
+
+    The CPU guard runs first: a build for instruction sets this CPU lacks is refused with one line before any of
+    its code runs (it would die with SIGILL), and llama.cpp's AMX path, which crashes in this version, is taken
+    out of use on CPUs that have AMX.
+    """
+    build, cpu = installed_build(), read_cpu()
+    if build is not None:
+        guard.check(build, cpu)
     try:
         import llama_cpp
     except ImportError as exc:  # pragma: no cover - depends on the installation
         from ..errors import DependencyMissing
 
         raise DependencyMissing(f"llama-cpp-python ({exc})") from None
-    _route_llama_logs(llama_cpp)
+    route_llama_logs(llama_cpp)
+    _guard_loaded(llama_cpp, build is not None and build.profile is not None, cpu)
     return llama_cpp
 
 
 @functools.cache
-def _route_llama_logs(lib: Any) -> Any:
+def _guard_loaded(lib: Any, known_profile: bool, cpu: CpuInfo) -> None:
+    """Once per process, with the library loaded but before any model: checks that need llama.cpp's own word."""
+    info = lib.llama_print_system_info().decode(errors="replace")
+    if not known_profile:
+        guard.check_loaded(info, cpu)
+    if guard.amx_is_broken(info, cpu):
+        dropped = drop_extra_buffer_types(library_dir(lib), {"AMX"})
+        log.warning("%s: llama.cpp's AMX weight buffers are turned off (they crash in this llama.cpp, issue "
+                    "20824); x86 repacking stays on. A clawd-edge build profile never has AMX.",
+                    f"dropped {', '.join(dropped)}" if dropped else "AMX not in use")
+
+
+@functools.cache
+def route_llama_logs(lib: Any) -> Any:
     """Send llama.cpp's log lines to the `llama.cpp` Python logger (installed once per process).
 
     llama-cpp-python 0.3.36 maps ggml's log levels with a stale enum (WARN becomes ERROR), so its own filter prints

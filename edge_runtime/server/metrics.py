@@ -139,7 +139,9 @@ class ServerMetrics:
 
     def __init__(self, status: Callable[[], EngineStatus],
                  kiosk: Callable[[], dict[str, Any]] | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+
+        from edge_runtime.cpu.build import runtime_labels
 
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -161,6 +163,8 @@ class ServerMetrics:
         self.rejected = Counter(f"{PREFIX}_rejected_requests", "Requests refused because the queue was full",
                                 registry=r)
         self.rate = _TokenRate(TOKEN_RATE_WINDOW)
+        Info(f"{PREFIX}_build", "The llama.cpp build profile and the CPU it runs on", registry=r).info(
+            runtime_labels())
         ProcessCollector(registry=r)
         r.register(_EngineCollector(status, self.rate))  # type: ignore[arg-type]
         if kiosk is not None:

@@ -171,27 +171,42 @@ class VoiceModule:
             source.close()
 
 
-def _check_dependencies(options: VoiceOptions, engine: str) -> None:
-    needed = [engine]
-    if options.input == "mic" or options.input.startswith("mic:"):
+# What a caller of the voice module uses: recognition (the STT engine, plus the microphone when input is one),
+# synthesis (Piper when configured; espeak-ng is a program), playback through an output device.
+STT, TTS_ONLY, PLAYBACK = "stt", "tts", "playback"
+EVERYTHING = frozenset({STT, TTS_ONLY, PLAYBACK})
+
+
+def _check_dependencies(options: VoiceOptions, engine: str | None, uses: frozenset[str]) -> None:
+    needed = []
+    if engine is not None:
+        needed.append(engine)
+        if options.input == "mic" or options.input.startswith("mic:"):
+            needed.append("sounddevice")
+    if PLAYBACK in uses:
         needed.append("sounddevice")
-    if options.tts == PIPER and importlib.util.find_spec("piper") is None:
+    if options.tts == PIPER and (TTS_ONLY in uses or PLAYBACK in uses) and importlib.util.find_spec("piper") is None:
         raise DependencyMissing("piper-tts (for modules.voice.tts: piper)", extra="piper")
-    for package in needed:
+    for package in dict.fromkeys(needed):
         if importlib.util.find_spec(package) is None:
             raise DependencyMissing(f"{package} (needed by modules.voice)", extra="voice")
 
 
-def create(options: Mapping[str, Any], settings: Settings) -> VoiceModule:
-    """Module factory: validates `modules.voice` without downloading or loading a model (start() does that)."""
+def create(options: Mapping[str, Any], settings: Settings, *, uses: frozenset[str] = EVERYTHING) -> VoiceModule:
+    """Module factory: validates `modules.voice` without downloading or loading a model (start() does that).
+
+    `uses` narrows what must be installed: `say --output` needs neither a recogniser nor PortAudio.
+    """
     voice_options = parse_options(options)
-    key = PREFIX + ("stt_model" if voice_options.stt_model else "language")
-    try:
-        name = voice_options.stt_model or default_stt_model(settings, voice_options.language, voice_options.stt)
-        name, engine = identify(settings, name)
-    except (AudioError, RegistryError) as exc:
-        raise ConfigError(str(exc), key=key) from None
-    if voice_options.stt not in ("auto", engine):
-        raise ConfigError(f"{name} is a {engine} model but modules.voice.stt is {voice_options.stt}", key=key)
-    _check_dependencies(voice_options, engine)
+    engine: str | None = None
+    if STT in uses:
+        key = PREFIX + ("stt_model" if voice_options.stt_model else "language")
+        try:
+            name = voice_options.stt_model or default_stt_model(settings, voice_options.language, voice_options.stt)
+            name, engine = identify(settings, name)
+        except (AudioError, RegistryError) as exc:
+            raise ConfigError(str(exc), key=key) from None
+        if voice_options.stt not in ("auto", engine):
+            raise ConfigError(f"{name} is a {engine} model but modules.voice.stt is {voice_options.stt}", key=key)
+    _check_dependencies(voice_options, engine, uses)
     return VoiceModule(voice_options, settings)

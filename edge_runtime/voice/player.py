@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import AudioError
 from .audio import SAMPLE_WIDTH, Audio, Resampler
-from .sources import find_device, import_sounddevice
+from .sources import find_device, import_sounddevice, native_rate
 
 DEFAULT_BLOCK_MS = 50
 
@@ -37,7 +37,7 @@ class Player:
         try:
             return sd.RawOutputStream(samplerate=rate, channels=1, dtype="int16", device=index), rate
         except sd.PortAudioError as first:
-            native = int(sd.query_devices(index, "output")["default_samplerate"])
+            native = native_rate(sd, index, "output")
             if native == rate:
                 raise AudioError(f"cannot open output device {self.device or 'default'}: {first}") from None
             try:
@@ -72,6 +72,9 @@ class Player:
             stopped = stopped or self._cancelled(cancel)
             if resampler is not None and not stopped:
                 stream.write(resampler.flush().astype("<i2").tobytes())
+        except sd.PortAudioError as exc:  # e.g. the device was unplugged while playing
+            stopped = True
+            raise AudioError(f"output device {self.device or 'default'} failed: {exc}") from None
         finally:
             self._playing.clear()
             if stopped:

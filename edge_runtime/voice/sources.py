@@ -44,6 +44,16 @@ def import_sounddevice() -> Any:
     return sounddevice
 
 
+def native_rate(sd: Any, index: int | None, kind: str) -> int:
+    """A device's default sample rate; AudioError (one line) when there is no such device, e.g. no sound card."""
+    try:
+        return int(sd.query_devices(index, kind)["default_samplerate"])
+    except (sd.PortAudioError, ValueError) as exc:
+        which = "default" if index is None else str(index)
+        raise AudioError(f"no usable {kind} device ({which}: {exc}); is a sound card connected? "
+                         "`clawd-edge doctor` lists the audio devices") from None
+
+
 def find_device(spec: str | int | None, kind: str) -> int | None:
     """A PortAudio device index from an index or a (unique, case-insensitive, substring) name; None = default."""
     if spec is None or spec in ("", "default"):
@@ -102,7 +112,7 @@ class MicSource:
         rates = [self.capture_rate] if self.capture_rate else [SAMPLE_RATE]
         if not self.capture_rate:
             # Some hardware only captures at its native rate; then we resample ourselves.
-            native = int(sd.query_devices(index, "input")["default_samplerate"])
+            native = native_rate(sd, index, "input")
             if native != SAMPLE_RATE:
                 rates.append(native)
         error: Exception | None = None
@@ -115,7 +125,10 @@ class MicSource:
                 continue
             with self._lock:
                 self._stream = stream
-            stream.start()
+            try:
+                stream.start()
+            except sd.PortAudioError as exc:
+                raise AudioError(f"cannot start input device {self.device or 'default'}: {exc}") from None
             return rate
         raise AudioError(f"cannot open input device {self.device or 'default'}: {error}")
 
