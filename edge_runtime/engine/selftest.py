@@ -1,5 +1,4 @@
-"""`python -m edge_runtime.engine.selftest MODEL.gguf`: load, decode a prompt, pick one token (doctor runs it in a
-subprocess, so that a crash of llama.cpp on this CPU is reported, not suffered)."""
+"""`python -m edge_runtime.engine.selftest MODEL.gguf`: load, decode, pick one token (the doctor's crash probe)."""
 from __future__ import annotations
 
 import ctypes

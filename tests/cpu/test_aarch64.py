@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# A first run may cross-compile; scripts/test.sh does that before the tests, so normally the wheel is cached.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "What is the capital of France? Answer in one sentence."
 

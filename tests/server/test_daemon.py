@@ -263,6 +263,16 @@ def test_metrics_parse_and_count_requests_tokens_and_latency(daemon: Daemon) -> 
     assert "clawd_edge_kv_cache_used_cells" in metrics
 
 
+def test_the_build_profile_is_logged_and_exported(daemon: Daemon) -> None:
+    from edge_runtime.cpu.build import installed
+
+    build = installed()
+    assert build is not None
+    info = [key for key in daemon.metrics() if key.startswith("clawd_edge_build_info{")]
+    assert len(info) == 1 and f"profile={build.profile_name}" in info[0] and "arch=" in info[0], info
+    assert f"llama.cpp build profile {build.profile_name} (llama-cpp-python {build.version})" in daemon.log()
+
+
 def test_access_log_has_one_line_per_request(daemon: Daemon) -> None:
     with daemon.client() as client:
         client.post("/v1/completions", json={"prompt": COUNTING, "max_tokens": 3, "user": "log-probe"})
