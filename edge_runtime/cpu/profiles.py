@@ -46,12 +46,15 @@ def _arm(march: str) -> tuple[str, ...]:
 _V2 = ("ssse3", "sse4_1", "sse4_2", "popcnt")
 _V3 = (*_V2, "avx", "avx2", "fma", "f16c", "bmi2")
 _V4 = (*_V3, "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+_V3_OPTIONS = ("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2")
 
 # Ordered from the most to the least capable per architecture: detection takes the first one the CPU can run.
 PROFILES: tuple[Profile, ...] = (
-    Profile("x86-64-v4", "x86_64", _x86("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2", "GGML_AVX512"),
-            _V4, "AVX-512 CPUs: Intel Skylake-SP and later Xeons, Ice/Tiger Lake, AMD Zen 4/5"),
-    Profile("x86-64-v3", "x86_64", _x86("GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"),
+    # No AVX-512 VNNI/VBMI/BF16 on top: a build with VNNI measured level with this one (scripts/bench_build.py,
+    # README), and without them the wheel also runs on Skylake-SP.
+    Profile("x86-64-v4", "x86_64", _x86(*_V3_OPTIONS, "GGML_AVX512"),
+            _V4, "AVX-512 CPUs: Intel Skylake-SP and later Xeons, Ice/Tiger Lake, Sapphire Rapids, AMD Zen 4/5"),
+    Profile("x86-64-v3", "x86_64", _x86(*_V3_OPTIONS),
             _V3, "Haswell (2013) and later, AMD Zen 1-3, Intel N100/N97 mini PCs"),
     Profile("x86-64-v2", "x86_64", _x86(), _V2, "Atom/Celeron without AVX (e.g. J1900, J4125)"),
     Profile("armv8.2-a+dotprod", "aarch64", _arm("armv8.2-a+dotprod"),

@@ -13,6 +13,10 @@ CPUINFO = {
     "sapphire-rapids": ("x86_64", "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse sse2 pni ssse3 "
                         "fma sse4_1 sse4_2 popcnt avx f16c bmi1 avx2 bmi2 avx512f avx512dq avx512cd avx512bw "
                         "avx512vl avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"),
+    # Intel Xeon Gold 6148 (Skylake-SP): AVX-512 without VNNI
+    "skylake-sp": ("x86_64", "model name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz\nflags\t\t: fpu sse sse2 pni "
+                   "ssse3 fma sse4_1 sse4_2 popcnt avx f16c bmi1 avx2 bmi2 avx512f avx512dq avx512cd avx512bw "
+                   "avx512vl\n"),
     # Intel Celeron J1900 (Silvermont): SSE4.2, no AVX
     "j1900": ("x86_64", "model name\t: Intel(R) Celeron(R) CPU  J1900  @ 1.99GHz\nflags\t\t: fpu sse sse2 pni ssse3 "
               "cx16 sse4_1 sse4_2 movbe popcnt aes rdrand\n"),

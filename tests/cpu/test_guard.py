@@ -36,7 +36,8 @@ def test_a_build_for_another_architecture_is_refused(cpuinfo) -> None:  # type: 
 
 
 @pytest.mark.parametrize(("cpu", "expected"), [
-    ("kaby-lake", "x86-64-v3"), ("sapphire-rapids", "x86-64-v4"), ("j1900", "x86-64-v2"),
+    ("kaby-lake", "x86-64-v3"), ("sapphire-rapids", "x86-64-v4"), ("skylake-sp", "x86-64-v4"),
+    ("j1900", "x86-64-v2"),
     ("pi4", "armv8-a"), ("pi5", "armv8.2-a+dotprod"),
 ])
 def test_the_best_profile_for_known_cpus(cpuinfo, cpu: str, expected: str) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +63,9 @@ def test_no_profile_builds_for_the_build_host_or_with_amx() -> None:
 # What each ggml x86 option lets the compiler emit, as /proc/cpuinfo flags: a profile must require all of them.
 _OPTION_FLAGS = {"GGML_AVX": {"avx"}, "GGML_AVX2": {"avx2"}, "GGML_FMA": {"fma"}, "GGML_F16C": {"f16c"},
                  "GGML_BMI2": {"bmi2"}, "GGML_SSE42": {"sse4_2"},
-                 "GGML_AVX512": {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}}
+                 "GGML_AVX512": {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"},
+                 "GGML_AVX512_VNNI": {"avx512_vnni"}, "GGML_AVX512_VBMI": {"avx512vbmi"},
+                 "GGML_AVX512_BF16": {"avx512_bf16"}, "GGML_AVX_VNNI": {"avx_vnni"}}
 
 
 def test_x86_profiles_require_every_instruction_set_they_enable() -> None:
