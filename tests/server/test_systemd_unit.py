@@ -1,6 +1,7 @@
 """The shipped unit: `systemd-analyze verify` clean, security exposure <= 2.0, and the install script stages it."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -70,3 +71,24 @@ def test_install_script_stages_unit_and_a_valid_config(tmp_path: Path) -> None:
                             "--no-venv"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert config.read_text() == "server: {port: 1}\n"  # an operator's config is never overwritten
+
+
+@pytest.mark.slow
+def test_install_script_installs_from_a_profile_wheel(tmp_path: Path) -> None:
+    # What a Raspberry Pi install does with a cross-built wheel (`--wheel`), here with this machine's own wheel
+    # from the wheelhouse scripts/bootstrap.sh filled: the service's venv gets exactly that build.
+    from edge_runtime.cpu.build import installed
+
+    build = installed()
+    assert build is not None and build.profile is not None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    wheelhouse = Path(os.environ.get("CLAWD_EDGE_WHEELHOUSE") or cache / "clawd-edge" / "wheels")
+    wheel = wheelhouse / f"llama_cpp_python-{build.version}-py3-none-linux_{build.profile.arch}.whl"
+    assert wheel.is_file(), f"{wheel} missing: scripts/bootstrap.sh puts it there"
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "install-service.sh"), "--root", str(tmp_path),
+                             "--wheel", str(wheel)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    venv_python = tmp_path / "opt/clawd-edge/venv/bin/python"
+    probe = subprocess.run([str(venv_python), "-c", "from edge_runtime.cpu.build import installed; "
+                            "print(installed().describe())"], capture_output=True, text=True, timeout=60, check=True)
+    assert f"llama-cpp-python {build.version}, profile {build.profile.name}" in probe.stdout
