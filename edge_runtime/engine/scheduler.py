@@ -145,6 +145,16 @@ class Scheduler:
             self.done(job)
             self.emit(job, exc)
             return True
+        except UnicodeError as exc:  # e.g. a lone surrogate ("\ud800" in JSON) cannot become UTF-8 for llama.cpp
+            self.done(job)
+            self.emit(job, InvalidRequest(f"the request holds text that is not valid Unicode ({exc.reason} at "
+                                          f"character {getattr(exc, 'start', '?')})"))
+            return True
+        except Exception as exc:  # one request's preparation must never stop the engine worker
+            log.exception("preparing a request failed")
+            self.done(job)
+            self.emit(job, EngineError(f"could not prepare the request: {type(exc).__name__}: {exc}"))
+            return True
         slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt), -s.last_used))
         reuse = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)
         rt = self.rt

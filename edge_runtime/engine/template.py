@@ -50,8 +50,6 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[ChatMessage], *, bos_token: str, eos_token: str,
                add_generation_prompt: bool = True) -> str:
-        import jinja2
-
         try:
             return self._template.render(
                 messages=[{"role": m.role, "content": m.content} for m in messages],
@@ -60,9 +58,10 @@ class ChatTemplate:
         except TemplateRaised as exc:
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}",
                                  param="messages") from None
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError) as exc:
-            raise InvalidRequest(f"the chat template from {self.origin} failed on these messages: {exc}",
-                                 param="messages") from None
+        except Exception as exc:  # noqa: BLE001 - any failure of the template (jinja2 errors, 1 // 0, ...)
+            # is this request's problem: a 400 for it, never an exception that could stop the engine worker.
+            raise InvalidRequest(f"the chat template from {self.origin} failed on these messages: "
+                                 f"{type(exc).__name__}: {exc}", param="messages") from None
 
 
 def load_template(configured: str | None, from_model: str | None) -> ChatTemplate | None:
