@@ -145,10 +145,10 @@ class Scheduler:
             self.done(job)
             self.emit(job, exc)
             return True
-        except UnicodeError as exc:  # e.g. a lone surrogate ("\ud800" in JSON) cannot become UTF-8 for llama.cpp
+        except UnicodeEncodeError as exc:  # e.g. a lone surrogate ("\ud800" in JSON) cannot become UTF-8 for llama.cpp
             self.done(job)
             self.emit(job, InvalidRequest(f"the request holds text that is not valid Unicode ({exc.reason} at "
-                                          f"character {getattr(exc, 'start', '?')})"))
+                                          f"character {exc.start})"))
             return True
         except Exception as exc:  # one request's preparation must never stop the engine worker
             log.exception("preparing a request failed")
