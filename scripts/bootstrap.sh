@@ -7,6 +7,7 @@
 # Wheels are kept in $CLAWD_EDGE_WHEELHOUSE (default ~/.cache/clawd-edge/wheels), one per profile and version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 profile="${CLAWD_EDGE_PROFILE:-}"
 extras=""
 while [ $# -gt 0 ]; do
@@ -26,16 +27,7 @@ if [[ "$extras" == *dev* ]]; then
   # the aarch64 tests: cross compiler, user-mode emulator, and the tool that unpacks an arm64 Debian sysroot
   apt_packages+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap)
 fi
-missing=()
-for pkg in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
-  echo "installing system packages: ${missing[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+apt_install "${apt_packages[@]}"
 
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
@@ -45,8 +37,7 @@ python="${PYTHON:-python3}"
 if [ -z "$profile" ]; then
     profile="$(PYTHONPATH=. .venv/bin/python -m edge_runtime.cpu detect)"
 fi
-wheelhouse="${CLAWD_EDGE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge/wheels}"
-wheel="$(PYTHON=.venv/bin/python scripts/build-wheel.sh --profile "$profile" --out "$wheelhouse" | tail -1)"
+wheel="$(PYTHON=.venv/bin/python scripts/build-wheel.sh --profile "$profile" --out "$CLAWD_WHEELHOUSE" | tail -1)"
 echo "installing llama-cpp-python ($profile) and clawd-edge${extras:+[$extras]} into .venv" >&2
 .venv/bin/python -m pip install -q "$wheel"
 spec="."

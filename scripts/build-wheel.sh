@@ -13,6 +13,7 @@
 # used here (--no-cache-dir); the profile is in the wheel's version instead.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
+source "$src/scripts/lib.sh"
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 arch="$(uname -m)"; profile=""; out="$src/dist"; force=0
 while [ $# -gt 0 ]; do
@@ -47,13 +48,7 @@ cxx=g++
 if [ "$arch" != "$(uname -m)" ]; then
     [ "$arch" = aarch64 ] || { echo "error: cross builds only for aarch64 (asked: $arch)" >&2; exit 2; }
     cxx=aarch64-linux-gnu-g++
-    if ! command -v "$cxx" >/dev/null; then
-        sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-        echo "installing the aarch64 cross compiler (gcc-aarch64-linux-gnu)" >&2
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-            gcc-aarch64-linux-gnu g++-aarch64-linux-gnu >/dev/null
-    fi
+    apt_install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
     cmake_args+=" -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64"
     cmake_args+=" -DCMAKE_C_COMPILER=aarch64-linux-gnu-gcc -DCMAKE_CXX_COMPILER=aarch64-linux-gnu-g++"
     cmake_args+=" -DCMAKE_FIND_ROOT_PATH=/usr/aarch64-linux-gnu -DCMAKE_FIND_ROOT_PATH_MODE_PROGRAM=NEVER"

@@ -17,6 +17,7 @@
 set -euo pipefail
 
 src="$(cd "$(dirname "$0")/.." && pwd)"
+source "$src/scripts/lib.sh"
 root=""
 python="python3"
 model=""
@@ -61,9 +62,8 @@ if [ "$venv" -eq 1 ]; then
     "$prefix/venv/bin/pip" install --quiet --upgrade pip
     # llama.cpp for a named CPU profile, never pip's -march=native build (see README "Build profiles").
     if [ -z "$wheel" ]; then
-        wheelhouse="${CLAWD_EDGE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge/wheels}"
-        wheel="$(PYTHON="$python" "$src/scripts/build-wheel.sh" ${profile:+--profile "$profile"} --out "$wheelhouse" \
-                 | tail -1)"
+        wheel="$(PYTHON="$python" "$src/scripts/build-wheel.sh" ${profile:+--profile "$profile"} \
+                 --out "$CLAWD_WHEELHOUSE" | tail -1)"
     fi
     [ -f "$wheel" ] || { echo "error: no such wheel: $wheel" >&2; exit 2; }
     "$prefix/venv/bin/pip" install --quiet "$wheel"

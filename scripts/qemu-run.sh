@@ -14,6 +14,7 @@
 # from PyPI installed into a folder there, next to the wheel under test.
 set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
+source "$src/scripts/lib.sh"
 arch="${1:-}"; shift || true
 [ "$arch" = aarch64 ] || { echo "error: usage: scripts/qemu-run.sh aarch64 [options] -- COMMAND ..." >&2; exit 2; }
 profile=armv8-a; wheel=""; qcpu="max"
@@ -31,15 +32,7 @@ py="${PYTHON:-python3}"
 cache="${CLAWD_EDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge}/aarch64"
 mkdir -p "$cache"
 
-need=()
-command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
-command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-if ((${#need[@]})); then
-    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "installing ${need[*]}" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_install qemu-user-static mmdebstrap
 
 sysroot="$cache/sysroot"
 if [ ! -x "$sysroot/usr/bin/python3.11" ]; then
@@ -53,9 +46,8 @@ if [ ! -x "$sysroot/usr/bin/python3.11" ]; then
 fi
 
 # Built once per profile into the same wheelhouse as scripts/bootstrap.sh uses, then reused.
-wheelhouse="${CLAWD_EDGE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/clawd-edge/wheels}"
-[ -n "$wheel" ] || wheel="$("$src/scripts/build-wheel.sh" --arch aarch64 --profile "$profile" --out "$wheelhouse" \
-                            | tail -1)"
+[ -n "$wheel" ] || wheel="$("$src/scripts/build-wheel.sh" --arch aarch64 --profile "$profile" \
+                            --out "$CLAWD_WHEELHOUSE" | tail -1)"
 [ -f "$wheel" ] || { echo "error: no such wheel: $wheel" >&2; exit 2; }
 # The aarch64 site-packages for this wheel and this checkout's dependencies, reused while both are the same.
 key="$(cat "$wheel" "$src/setup.cfg" | sha256sum | cut -c1-16)"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from . import profiles
@@ -14,29 +13,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     detect = sub.add_parser("detect", help="the best profile for this CPU (or for ARCH's baseline)")
     detect.add_argument("--arch", default=None, help="another architecture: its most portable profile")
-    for name in ("cmake-args", "label", "arch", "show"):
+    for name in ("cmake-args", "label", "arch"):
         sub.add_parser(name).add_argument("profile")
     sub.add_parser("list")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "detect":
             cpu = read_cpu()
-            if args.arch and args.arch != cpu.arch:
-                choices = profiles.for_arch(args.arch)
-                if not choices:
-                    raise KeyError(profiles.REFUSED.get(args.arch, f"no build profile for {args.arch}"))
-                print(choices[-1].name)
-            else:
-                print(profiles.best(cpu.arch, cpu.features).name)
+            other = args.arch and args.arch != cpu.arch
+            print((profiles.portable(args.arch) if other else profiles.best(cpu.arch, cpu.features)).name)
         elif args.cmd == "list":
             for p in profiles.PROFILES:
                 print(f"{p.name:<18} {p.arch:<8} {p.boards}")
         else:
             profile = profiles.by_name(args.profile)
-            out = {"cmake-args": " ".join(profile.cmake_args), "label": profile.label, "arch": profile.arch,
-                   "show": json.dumps({"name": profile.name, "arch": profile.arch, "requires": profile.requires,
-                                       "cmake_args": profile.cmake_args})}[args.cmd]
-            print(out)
+            print({"cmake-args": " ".join(profile.cmake_args), "label": profile.label,
+                   "arch": profile.arch}[args.cmd])
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2

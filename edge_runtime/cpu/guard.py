@@ -1,14 +1,10 @@
 """The CPU guard: refuse a llama.cpp build the CPU cannot run (one line, never SIGILL), and spot known-bad paths."""
 from __future__ import annotations
 
-import logging
-
 from ..errors import CpuMismatch
 from .build import BuildInfo
 from .features import CpuInfo
 from .profiles import best, missing
-
-log = logging.getLogger("edge_runtime.cpu")
 
 # The x86 CPU flags AMX needs; a build with AMX compiled in (`AMX_INT8 = 1` in llama.cpp's system info) uses its
 # extra buffer type on such a CPU, and that path crashes in this llama.cpp (see profiles.py).

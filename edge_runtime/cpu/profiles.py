@@ -95,13 +95,24 @@ def missing(profile: Profile, features: frozenset[str]) -> list[str]:
     return [f for f in profile.requires if f not in features]
 
 
-def best(arch: str, features: frozenset[str]) -> Profile:
-    """The most capable profile a CPU can run; raises KeyError naming why when there is none."""
+def _candidates(arch: str) -> list[Profile]:
+    """The profiles of an architecture, most capable first; KeyError naming why when there are none."""
     if arch in REFUSED:
         raise KeyError(REFUSED[arch])
     candidates = for_arch(arch)
     if not candidates:
         raise KeyError(f"no build profile for the {arch} architecture (known: x86_64, aarch64)")
+    return candidates
+
+
+def portable(arch: str) -> Profile:
+    """The profile that runs on every CPU of an architecture (for a build host of another architecture)."""
+    return _candidates(arch)[-1]
+
+
+def best(arch: str, features: frozenset[str]) -> Profile:
+    """The most capable profile a CPU can run; raises KeyError naming why when there is none."""
+    candidates = _candidates(arch)
     for profile in candidates:
         if not missing(profile, features):
             return profile

@@ -30,15 +30,18 @@ def _extra_bufts(lib_dir: Path) -> tuple[Any, Any]:
     return _GetExtraBufts(address)(dev), buft_name
 
 
+def _entries(array: Any) -> list[int]:
+    """The buffer types in the null-terminated array (none when there is no array)."""
+    entries: list[int] = []
+    while array and array[len(entries)]:
+        entries.append(int(array[len(entries)]))
+    return entries
+
+
 def extra_buffer_types(lib_dir: Path) -> list[str]:
     """The names of the CPU extra buffer types llama.cpp will place weights in, in its order of preference."""
     array, name = _extra_bufts(lib_dir)
-    out: list[str] = []
-    i = 0
-    while array and array[i]:
-        out.append(name(array[i]).decode())
-        i += 1
-    return out
+    return [name(e).decode() for e in _entries(array)]
 
 
 def drop_extra_buffer_types(lib_dir: Path, names: Iterable[str]) -> list[str]:
@@ -51,11 +54,7 @@ def drop_extra_buffer_types(lib_dir: Path, names: Iterable[str]) -> list[str]:
     """
     unwanted = set(names)
     array, name = _extra_bufts(lib_dir)
-    if not array:
-        return []
-    entries: list[int] = []
-    while array[len(entries)]:
-        entries.append(int(array[len(entries)]))
+    entries = _entries(array)
     kept = [e for e in entries if name(e).decode() not in unwanted]
     removed = [name(e).decode() for e in entries if e not in kept]
     for i, entry in enumerate([*kept, *([None] * (len(entries) - len(kept)))]):
