@@ -23,8 +23,9 @@ if [[ "$extras" == *dev* || "$extras" == *all* || "$extras" == *voice* || "$extr
   apt_packages+=(libportaudio2 libasound2-plugins alsa-utils espeak-ng sox tesseract-ocr tesseract-ocr-eng
                  tesseract-ocr-kor fonts-dejavu-core systemd)
 fi
-if [[ "$extras" == *dev* ]]; then
-  # the aarch64 tests: cross compiler, user-mode emulator, and the tool that unpacks an arm64 Debian sysroot
+if [[ "$extras" == *dev* && "$(uname -m)" == x86_64 ]]; then
+  # the aarch64 tests on x86: cross compiler, user-mode emulator, and the tool that unpacks an arm64 Debian sysroot
+  # (on an ARM board the whole suite runs natively instead)
   apt_packages+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap)
 fi
 apt_install "${apt_packages[@]}"

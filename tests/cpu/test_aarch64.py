@@ -7,6 +7,7 @@ cached under ~/.cache/clawd-edge, so later runs only pay for the emulated infere
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 QUESTION = "What is the capital of France? Answer in one sentence."
 
+if platform.machine() != "x86_64":
+    pytest.skip("emulates aarch64 on an x86 host; on an ARM board the whole suite runs natively",
+                allow_module_level=True)
 if shutil.which("qemu-aarch64-static") is None or shutil.which("aarch64-linux-gnu-g++") is None:
     pytest.skip("needs qemu-user-static and g++-aarch64-linux-gnu (make test installs them)",
                 allow_module_level=True)
