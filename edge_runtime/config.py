@@ -68,6 +68,13 @@ class ServerSettings:
     max_upload_bytes: int = 25 * 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     shutdown_timeout: float = 10.0
+    # Slow or idle clients must not hold a file descriptor for ever (a few hundred half-open connections once
+    # exhausted the process's descriptors): a request's headers must arrive within read_timeout, its body may
+    # pause no longer than that, an idle keep-alive connection closes after keep_alive_timeout, and connections
+    # beyond max_connections are closed as soon as they are accepted.
+    read_timeout: float = 10.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,11 @@ _SERVER: dict[str, tuple[Any, str]] = {
     "max_queue": _int(0, 100000),
     "max_tokens": _int(1, 1 << 20),
     "shutdown_timeout": _float(0),
+    "read_timeout": _float(0.1),
+    "keep_alive_timeout": _float(0.1),
+    "max_connections": _int(1, 1 << 20),
 }
+_SERVER_SECONDS = {"shutdown_timeout", "read_timeout", "keep_alive_timeout"}
 _NULLABLE = {"registry", "context", "memory_budget", "chat_template", "system_prompt", "api_key"}
 _ALIASES = {"model": "model_path", "ctx": "context", "n_parallel": "parallel"}
 
@@ -204,7 +215,7 @@ def _server(raw: object, source: str) -> ServerSettings:
             values[key] = tuple(value)
         else:
             _check(_SERVER, key, value, "server.", source)
-            values[key] = float(value) if key == "shutdown_timeout" else value
+            values[key] = float(value) if key in _SERVER_SECONDS else value
     return ServerSettings(**values)
 
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest
 from ..gguf_file import inspect
+from .grammar import grammar_text
 from .planner import MemoryPlan, plan_for
-from .sampling import grammar_text, validate
+from .sampling import validate
 from .scheduler import Job, Scheduler, Stats
 from .template import load_template
 from .types import Chunk, EngineState, EngineStatus, GenerationRequest
@@ -58,6 +59,7 @@ class LlamaEngine:
         self._pending: deque[Job] = deque()
         self._inflight = 0
         self._closing = False
+        self._crash: str | None = None
         self._want_load = preload and self._keep_alive > 0
         self._state = EngineState.LOADING if self._want_load else EngineState.UNLOADED
         self._reason = f"loading {plan.model_path}" if self._want_load else "not loaded yet; loads on the first request"
@@ -124,6 +126,10 @@ class LlamaEngine:
             requests_cancelled_total=s.requests_cancelled, loads_total=self._loads,
             prefix_copies_total=s.prefix_copies, memory_plan=self.plan.describe(),
         )
+
+    def crashed(self) -> str | None:
+        """Why the worker thread died, or None: a crashed engine never serves again, so the process should exit."""
+        return self._crash
 
     async def close(self) -> None:
         self._request_close()
@@ -224,7 +230,8 @@ class LlamaEngine:
                 self._flush()
         except BaseException as exc:
             log.exception("engine worker crashed")
-            self._state, self._reason = EngineState.FAILED, f"engine worker crashed: {exc}"
+            self._crash = f"engine worker crashed: {type(exc).__name__}: {exc}"
+            self._state, self._reason = EngineState.FAILED, self._crash
             error = EngineError(f"the engine failed: {exc}")
             self._fail_everything(error)
         finally:

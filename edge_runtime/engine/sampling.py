@@ -1,8 +1,7 @@
-"""Per-request samplers built from llama.cpp's native sampler chain, plus GBNF / JSON-schema grammars."""
+"""Per-request samplers built from llama.cpp's native sampler chain, and the range checks on their parameters."""
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 from typing import Any
 
@@ -11,6 +10,8 @@ from .types import SamplingParams
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+# llama.cpp takes top_k and penalty_last_n as C int32: ctypes would wrap a larger value to a wrong, maybe negative, one.
+MAX_INT32 = 2**31 - 1
 
 
 def validate(p: SamplingParams) -> None:
@@ -18,13 +19,14 @@ def validate(p: SamplingParams) -> None:
     checks: list[tuple[bool, str, str]] = [
         (p.max_tokens >= 1, "max_tokens", "must be >= 1"),
         (math.isfinite(p.temperature), "temperature", "must be a finite number"),
-        (p.top_k >= 0, "top_k", "must be >= 0 (0 disables it)"),
+        (0 <= p.top_k <= MAX_INT32, "top_k", "must be between 0 (0 disables it) and 2147483647"),
         (0.0 < p.top_p <= 1.0, "top_p", "must be > 0 and <= 1"),
         (0.0 <= p.min_p <= 1.0, "min_p", "must be between 0 and 1"),
         (0.0 < p.repeat_penalty <= 10.0, "repeat_penalty", "must be > 0 and <= 10"),
         (-2.0 <= p.frequency_penalty <= 2.0, "frequency_penalty", "must be between -2 and 2"),
         (-2.0 <= p.presence_penalty <= 2.0, "presence_penalty", "must be between -2 and 2"),
-        (p.penalty_last_n >= -1, "penalty_last_n", "must be >= -1 (-1 = the whole context)"),
+        (-1 <= p.penalty_last_n <= MAX_INT32, "penalty_last_n",
+         "must be between -1 (-1 = the whole context) and 2147483647"),
         (p.seed is None or 0 <= p.seed < 2**32, "seed", "must be between 0 and 4294967295"),
         (len(p.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed"),
         (all(isinstance(s, str) and len(s) <= MAX_STOP_LENGTH for s in p.stop), "stop",
@@ -34,22 +36,6 @@ def validate(p: SamplingParams) -> None:
     for ok, param, message in checks:
         if not ok:
             raise InvalidRequest(f"{param} {message}", param=param)
-
-
-def grammar_text(p: SamplingParams) -> str | None:
-    """The GBNF to constrain this request with: the given grammar, or one derived from the JSON schema."""
-    if p.grammar:
-        return p.grammar
-    if p.json_schema is None:
-        return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if not p.json_schema:
-        return str(JSON_GBNF)  # an empty schema means "any JSON value" (OpenAI json_object mode)
-    try:
-        return str(json_schema_to_gbnf(json.dumps(dict(p.json_schema))))
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError, NotImplementedError) as exc:
-        raise InvalidRequest(f"json_schema cannot be turned into a grammar: {exc}", param="json_schema") from None
 
 
 def penalties_active(p: SamplingParams) -> bool:

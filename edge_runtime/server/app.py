@@ -100,7 +100,8 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
 
     # Added innermost first: BodyLimit sees the request last, AccessLog first (and so times everything).
     app.add_middleware(BodyLimit, limit=settings.server.max_request_bytes,
-                       upload_limit=settings.server.max_upload_bytes, upload_paths=upload_paths(module_routers))
+                       upload_limit=settings.server.max_upload_bytes, upload_paths=upload_paths(module_routers),
+                       read_timeout=settings.server.read_timeout)
     if settings.server.api_key:
         app.add_middleware(ApiKeyAuth, api_key=settings.server.api_key)
     if settings.server.cors_origins:

@@ -1,6 +1,7 @@
 """Pure-ASGI middlewares (streaming-safe): access log + request metrics, API-key auth, request size limit."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -132,11 +133,23 @@ class BodyLimit:
     """
 
     def __init__(self, app: ASGIApp, limit: int, upload_limit: int | None = None,
-                 upload_paths: frozenset[str] = frozenset()) -> None:
+                 upload_paths: frozenset[str] = frozenset(), read_timeout: float | None = None) -> None:
         self.app = app
         self.limit = limit
         self.upload_limit = upload_limit if upload_limit is not None else limit
         self.upload_paths = upload_paths
+        self.read_timeout = read_timeout
+
+    async def _next_body_part(self, receive: Any) -> Message | None:
+        """The next message while the body is still arriving, or None if the client stalled longer than
+        read_timeout (it would otherwise hold its connection, and the app's request, for ever)."""
+        try:
+            return dict(await asyncio.wait_for(receive(), self.read_timeout))
+        except TimeoutError:
+            return None
+
+    def _stalled(self) -> str:
+        return f"the request body stalled for over {self.read_timeout:g} s (server.read_timeout)"
 
     def _too_large(self, upload: bool) -> HttpError:
         return HttpError(413, too_large_message(upload, self.upload_limit if upload else self.limit),
@@ -165,7 +178,11 @@ class BodyLimit:
         chunks: list[bytes] = []
         total = 0
         while True:
-            message = await receive()
+            message = await self._next_body_part(receive)
+            if message is None:
+                record_of(scope).error = "request_timeout"
+                await send_error(send, HttpError(408, self._stalled(), code="request_timeout"))
+                return
             if message["type"] != "http.request":
                 return  # client went away before sending its body; nothing to answer
             body = message.get("body", b"")
@@ -193,10 +210,16 @@ class BodyLimit:
         from starlette.exceptions import HTTPException
 
         total = 0
+        body_done = False
 
         async def counted() -> Message:
-            nonlocal total
-            message = dict(await receive())
+            nonlocal total, body_done
+            if body_done:
+                return dict(await receive())  # e.g. a disconnect watch during the response: no deadline
+            message = await self._next_body_part(receive)
+            if message is None:
+                raise HTTPException(408, self._stalled())
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 total += len(message.get("body", b""))
                 if total > self.upload_limit:

@@ -16,8 +16,9 @@ import uvicorn
 
 from edge_runtime.config import Settings
 from edge_runtime.engine.types import Engine, EngineState
-from edge_runtime.errors import ClawdError, ConfigError
+from edge_runtime.errors import ClawdError, ConfigError, EngineError
 from edge_runtime.sdnotify import Notifier
+from edge_runtime.server.connections import RateLimitedFilter, uvicorn_options
 
 if TYPE_CHECKING:
     from edge_runtime.kiosk.service import KioskService
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STALL_AFTER = 60.0
+CRASH_POLL = 0.5
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -131,6 +133,22 @@ async def _watchdog(server: DaemonServer, notifier: Notifier, alive: Liveness, i
         await asyncio.sleep(interval)
 
 
+async def _exit_when_crashed(server: DaemonServer, engine: Engine, fatal: list[str], interval: float) -> None:
+    # A crashed worker never serves again; exiting non-zero lets systemd (Restart=on-failure) start a fresh one,
+    # even when no watchdog is configured.
+    probe = getattr(engine, "crashed", None)
+    if not callable(probe):
+        return
+    while not server.should_exit:
+        reason = probe()
+        if reason:
+            log.error("%s; exiting so the service manager restarts the daemon", reason)
+            fatal.append(str(reason))
+            server.should_exit = True
+            return
+        await asyncio.sleep(interval)
+
+
 async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None:
     # At the signal, not after the HTTP drain: a visitor must not start a new turn on a daemon that is stopping.
     # (The app's lifespan stops it too, so the order kiosk -> modules -> engine holds however serve() ends.)
@@ -153,14 +171,20 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
             if not server.should_exit:
                 raise
 
+    limits = settings.server
     config = uvicorn.Config(
-        quiet_at_shutdown, log_config=None, access_log=False, lifespan="on", http="h11",
-        timeout_graceful_shutdown=settings.server.shutdown_timeout,  # type: ignore[arg-type]
+        quiet_at_shutdown, log_config=None, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=limits.shutdown_timeout,  # type: ignore[arg-type]
         server_header=False,
+        **uvicorn_options(limits.read_timeout, limits.keep_alive_timeout, limits.max_connections),
     )
+    accept_errors = RateLimitedFilter()
+    logging.getLogger("asyncio").addFilter(accept_errors)
     server = DaemonServer(config, notifier)
     url = url_of(sock)
-    helpers = [asyncio.ensure_future(_announce_ready(server, notifier, url, engine.status().model))]
+    fatal: list[str] = []
+    helpers = [asyncio.ensure_future(_announce_ready(server, notifier, url, engine.status().model)),
+               asyncio.ensure_future(_exit_when_crashed(server, engine, fatal, CRASH_POLL))]
     if notifier.watchdog_interval is not None:
         helpers.append(asyncio.ensure_future(
             _watchdog(server, notifier, Liveness(engine), notifier.watchdog_interval)))
@@ -180,4 +204,7 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
         notifier.status("closing the engine")
         await engine.close()
         sock.close()
+        logging.getLogger("asyncio").removeFilter(accept_errors)
+    if fatal:
+        raise EngineError(f"{fatal[0]} (see the traceback above)")
     log.info("stopped")

@@ -61,3 +61,75 @@ def test_a_chat_template_that_raises_fails_only_that_request(smollm2_path: Path,
             assert client.get("/health").status_code == 200
     finally:
         assert daemon.terminate() == 0, daemon.log()
+
+
+def _schema(schema: dict[str, object]) -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": "Name?"}], "max_tokens": 8,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}
+
+
+NESTED_GBNF = "root ::= " + "(" * 30_000 + '"a"' + ")" * 30_000  # 17,000 levels overflowed 8 MiB
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    # Each of these once overflowed the stack in llama.cpp's recursive grammar parser (SIGSEGV, exit 139).
+    (_schema({"type": "string", "maxLength": 30000}), "nests"),
+    (_schema({"type": "array", "items": {"type": "string"}, "maxItems": 30000}), "the limit is"),
+    (_schema({"type": "string", "pattern": "^a{0,1000000}$"}), "repeats up to 1000000"),
+    (_schema({"type": "string", "pattern": "^((a{0,1000}){0,1000}){0,1000}$"}), "repeats up to"),
+    ({**HELLO, "grammar": NESTED_GBNF}, "nests 30000 groups deep"),
+    # These were 500s with a traceback: a bad schema is the caller's mistake.
+    (_schema({"$ref": "#/$defs/missing"}), "cannot be turned into a grammar"),
+    (_schema({"$ref": "https://example.com/schema.json"}), "only local $ref"),
+    (_schema({"type": "string", "pattern": "^(?:ab)$"}), "cannot be turned into a grammar"),
+    ({**HELLO, "top_k": 2**63}, "top_k"),
+])
+def test_grammars_and_parameters_that_could_crash_native_code_are_a_400(victim: Daemon, body: dict[str, object],
+                                                                        says: str) -> None:
+    status, text = _post_raw(victim, "/v1/chat/completions", body)
+    assert status == 400, text
+    assert says in json.loads(text)["error"]["message"]
+    _still_serving(victim)
+
+
+def test_a_schema_within_the_bounds_still_constrains_the_answer(victim: Daemon) -> None:
+    body = _schema({"type": "object", "properties": {"name": {"type": "string", "maxLength": 500}},
+                    "required": ["name"]})
+    body["max_tokens"] = 40
+    with victim.client() as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    content = response.json()["choices"][0]["message"]["content"]
+    assert content.startswith("{") and '"name"' in content, content
+
+
+# The fault is injected through a narrow seam: sitecustomize wraps Scheduler.step in the daemon's interpreter so
+# that a request carrying the marker raises inside the worker loop, outside any one request's error handling.
+CRASH_HOOK = """
+import edge_runtime.engine.scheduler as scheduler
+_step = scheduler.Scheduler.step
+def step(self):
+    if any(s.job is not None and "CRASH-THE-WORKER" in str(s.job.request.messages) for s in self.slots):
+        raise RuntimeError("injected fault")
+    _step(self)
+scheduler.Scheduler.step = step
+"""
+
+
+def test_a_dead_engine_worker_makes_the_process_exit_non_zero(smollm2_path: Path, tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
+    daemon = start_daemon(tmp_path, smollm2_path, env={"PYTHONPATH": str(hook)})
+    try:
+        with daemon.client() as client:
+            crash = {"messages": [{"role": "user", "content": "CRASH-THE-WORKER"}], "max_tokens": 4}
+            assert client.post("/v1/chat/completions", json=crash).status_code >= 500
+        # Without a watchdog the service manager only restarts a process that exits; a living husk answering
+        # 500 to everything would stay up for ever.
+        assert daemon.proc.wait(timeout=15) != 0
+    finally:
+        code = daemon.terminate()
+    assert code not in (0, None)
+    log = daemon.log()
+    assert "injected fault" in log and "exiting so the service manager restarts the daemon" in log

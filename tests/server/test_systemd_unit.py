@@ -53,7 +53,7 @@ def test_unit_has_the_required_directives() -> None:
                       "MemoryHigh=", "DynamicUser=yes", "StateDirectory=clawd-edge", "ProtectSystem=strict",
                       "NoNewPrivileges=yes", "PrivateTmp=yes", "CapabilityBoundingSet=\n",
                       "SystemCallFilter=@system-service", "MemoryDenyWriteExecute=yes",
-                      "Environment=CLAWD_EDGE_CONFIG=/etc/clawd-edge/config.yaml"):
+                      "Environment=CLAWD_EDGE_CONFIG=/etc/clawd-edge/config.yaml", "LimitNOFILE=4096"):
         assert directive in text, directive
 
 
