@@ -102,6 +102,9 @@ class Settings:
     keep_alive: float = 300.0
     chat_template: str | None = None
     system_prompt: str | None = None
+    # Control-token text (`<|im_end|>`) inside chat messages is plain text by default, so a user cannot forge a
+    # turn of the conversation; true parses it as the model's control tokens (for callers that build turns).
+    parse_special_in_messages: bool = False
     server: ServerSettings = field(default_factory=ServerSettings)
     modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
     # The dialogue loop is not a plugin: its options live here and edge_runtime.kiosk validates them.
@@ -165,6 +168,7 @@ _TOP_LEVEL: dict[str, tuple[Any, str]] = {
     "keep_alive": _float(0),
     "chat_template": _str(),
     "system_prompt": _str(),
+    "parse_special_in_messages": (lambda v: isinstance(v, bool), "true or false"),
 }
 _SERVER: dict[str, tuple[Any, str]] = {
     "host": _str(),

@@ -77,6 +77,10 @@ class EngineBusy(EngineError):
     """Every slot is taken and the queue is full; retry later."""
 
 
+class ShuttingDown(EngineBusy):
+    """The server is stopping: this request will not run here; retry once it is back."""
+
+
 class InvalidRequest(ClawdError):
     """A generation request is malformed (too long a prompt, bad grammar, out-of-range parameter)."""
 

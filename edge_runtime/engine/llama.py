@@ -7,16 +7,17 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest
+from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown
 from ..gguf_file import inspect
 from .grammar import grammar_text
 from .planner import MemoryPlan, plan_for
 from .sampling import validate
 from .scheduler import Job, Scheduler, Stats
+from .specials import SpecialText
 from .template import load_template
 from .types import Chunk, EngineState, EngineStatus, GenerationRequest
 
@@ -60,6 +61,7 @@ class LlamaEngine:
         self._inflight = 0
         self._closing = False
         self._crash: str | None = None
+        self._halting = self._halted = False
         self._want_load = preload and self._keep_alive > 0
         self._state = EngineState.LOADING if self._want_load else EngineState.UNLOADED
         self._reason = f"loading {plan.model_path}" if self._want_load else "not loaded yet; loads on the first request"
@@ -87,10 +89,10 @@ class LlamaEngine:
         validate(request.sampling)
         job = Job(request, grammar_text(request.sampling), asyncio.get_running_loop())
         with self._cond:
-            if self._closing:
+            if self._closing or self._halting:
                 if self._state is EngineState.FAILED:
                     raise EngineError(f"the engine is not running: {self._reason}")
-                raise EngineError("the engine is shutting down")
+                raise ShuttingDown("the server is shutting down; retry shortly")
             if self._inflight >= self._max_inflight:
                 queued = self._inflight - self.plan.n_parallel
                 raise EngineBusy(f"all {self.plan.n_parallel} slots are busy and {queued} requests are queued "
@@ -126,6 +128,19 @@ class LlamaEngine:
             requests_cancelled_total=s.requests_cancelled, loads_total=self._loads,
             prefix_copies_total=s.prefix_copies, memory_plan=self.plan.describe(),
         )
+
+    def halt(self) -> None:
+        """Stop generating, for shutdown: running answers end as cancelled (a final chunk each), queued and new
+        requests fail with ShuttingDown (503). Called before the server's drain bound, so no response is cut."""
+        with self._cond:
+            self._halting = True
+            self._cond.notify()
+
+    def _halt(self) -> None:
+        self._halted = True
+        if self._sched is not None:
+            self._sched.cancel_all()
+        self._fail_queued(lambda: ShuttingDown("the server shut down before this request started; retry shortly"))
 
     def crashed(self) -> str | None:
         """Why the worker thread died, or None: a crashed engine never serves again, so the process should exit."""
@@ -213,7 +228,8 @@ class LlamaEngine:
                 while self._pending:
                     self._waiting.append(self._pending.popleft())
                 busy = self._sched.busy() if self._sched else 0
-                if busy or self._waiting or (self._want_load and self._sched is None):
+                if busy or self._waiting or (self._want_load and self._sched is None) or (
+                        self._halting and not self._halted):
                     return
                 deadline = self._idle_deadline()
                 if deadline is not None and time.monotonic() >= deadline:
@@ -238,6 +254,8 @@ class LlamaEngine:
             self._shutdown()
 
     def _tick(self) -> None:
+        if self._halting and not self._halted:
+            self._halt()
         if self._waiting:
             self._waiting = deque(j for j in self._waiting if not self._drop_if_cancelled(j))
         if self._sched is None and (self._waiting or self._want_load):
@@ -282,8 +300,9 @@ class LlamaEngine:
             return
         self._load_seconds = time.monotonic() - start
         self._loads += 1
+        specials = None if self._settings.parse_special_in_messages else SpecialText(runtime.control_texts())
         self._sched = Scheduler(runtime, self._template, self._settings.system_prompt, self._stats, self._emit,
-                                self._done)
+                                self._done, specials)
         self._idle_since = time.monotonic()
         self._state = EngineState.READY
         self._reason = (f"ready: {self.plan.n_parallel} slot(s) x {self._sched.slot_limit} ctx, KV {self.plan.kv_type},"
@@ -300,6 +319,10 @@ class LlamaEngine:
     def _fail_everything(self, error: BaseException) -> None:
         if self._sched is not None:
             self._sched.fail_all(error)
+        self._fail_queued(lambda: error)
+
+    def _fail_queued(self, error: Callable[[], BaseException]) -> None:
+        """Fail every request not yet in a slot with `error()`, and deliver that at once."""
         with self._cond:
             self._waiting.extend(self._pending)
             self._pending.clear()
@@ -307,7 +330,7 @@ class LlamaEngine:
             job = self._waiting.popleft()
             if not job.finished:
                 self._done(job)
-                self._emit(job, error)
+                self._emit(job, error())
         self._flush()
 
     def _shutdown(self) -> None:

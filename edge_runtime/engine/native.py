@@ -191,6 +191,13 @@ class Runtime:
         n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
+    def control_texts(self) -> list[str]:
+        """The text of every token llama.cpp reads as a control token when parsing specials (0.2 s for 262k)."""
+        lib, vocab = self.lib, self.vocab
+        mask = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_UNKNOWN
+        return [lib.llama_vocab_get_text(vocab, t).decode("utf-8", errors="replace")
+                for t in range(self.n_vocab) if lib.llama_vocab_get_attr(vocab, t) & mask]
+
     # -- text ---------------------------------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
         raw = text.encode("utf-8")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ..errors import ClawdError, EngineError, InvalidRequest
 from .native import Runtime
 from .sampling import Sampler
+from .specials import Part, SpecialText
 from .template import ChatTemplate
 from .text import StopMatcher, Utf8Stream
 from .types import ChatMessage, Chunk, FinishReason, GenerationRequest, Usage
@@ -82,11 +83,14 @@ class Scheduler:
     """Owns the slots of one loaded Runtime; every method runs on the engine's worker thread."""
 
     def __init__(self, rt: Runtime, template: ChatTemplate | None, system_prompt: str | None, stats: Stats,
-                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None]) -> None:
-        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot."""
+                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None],
+                 specials: SpecialText | None = None) -> None:
+        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot.
+        With `specials`, control-token text inside chat messages is tokenized as plain text."""
         self.rt = rt
         self.template = template
         self.system_prompt = system_prompt
+        self.specials = specials
         self.stats = stats
         self.emit = emit
         self.done = done
@@ -107,19 +111,26 @@ class Scheduler:
     def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
         rt = self.rt
         if request.messages is not None:
-            if self.template is None:
+            template = self.template
+            if template is None:
                 raise InvalidRequest(
                     f"{rt.plan.model_path.name} has no chat template (no tokenizer.chat_template in the GGUF) and "
                     "none is configured; set chat_template in config.yaml or send a plain prompt", param="messages")
             messages = list(request.messages)
             if self.system_prompt and not any(m.role == "system" for m in messages):
                 messages.insert(0, ChatMessage("system", self.system_prompt))
-            text = self.template.render(messages, bos_token=rt.bos_text, eos_token=rt.eos_text)
+
+            def render(shown: list[ChatMessage]) -> str:
+                return template.render(shown, bos_token=rt.bos_text, eos_token=rt.eos_text)
+
+            parts = self.specials.render(messages, render) if self.specials else [Part(render(messages), True)]
             param = "messages"
         else:
-            text = request.prompt or ""
+            # A raw prompt is the caller's own template: its control tokens are meant (as in llama-server).
+            parts = [Part(request.prompt or "", True)]
             param = "prompt"
-        tokens = rt.tokenize(text, add_special=True)
+        tokens = [t for i, part in enumerate(parts)
+                  for t in rt.tokenize(part.text, add_special=i == 0, parse_special=part.parse_special)]
         if rt.add_bos and len(tokens) >= 2 and tokens[0] == tokens[1] == rt.bos:
             del tokens[0]  # the template wrote bos_token itself; llama.cpp added another
         if not tokens:
@@ -346,6 +357,12 @@ class Scheduler:
                 self.emit(job, error)
             self.rt.seq_rm(slot.seq, 0)
             slot.tokens.clear()
+
+    def cancel_all(self) -> None:
+        """End every running answer now, as cancelled (the shutdown bound): each consumer gets a final chunk."""
+        for slot in self.slots:
+            if slot.job is not None:
+                self._finish(slot, FinishReason.CANCELLED, "")
 
     def fail_all(self, error: BaseException) -> None:
         for slot in self.slots:

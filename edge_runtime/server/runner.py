@@ -149,6 +149,20 @@ async def _exit_when_crashed(server: DaemonServer, engine: Engine, fatal: list[s
         await asyncio.sleep(interval)
 
 
+async def _halt_before_the_bound(server: DaemonServer, engine: Engine, grace: float) -> None:
+    # uvicorn cancels requests still running at timeout_graceful_shutdown: a stream then just stops and a queued
+    # request gets uvicorn's text/plain 500. Halting the engine a moment before lets every response end properly
+    # (a final error event for a stream, a 503 JSON with Retry-After for a request that never started).
+    halt = getattr(engine, "halt", None)
+    if not callable(halt):
+        return
+    while not server.should_exit:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(max(0.0, grace - min(1.0, grace / 2)))
+    log.info("shutdown bound near: ending the answers still running")
+    halt()
+
+
 async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None:
     # At the signal, not after the HTTP drain: a visitor must not start a new turn on a daemon that is stopping.
     # (The app's lifespan stops it too, so the order kiosk -> modules -> engine holds however serve() ends.)
@@ -184,7 +198,8 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
     url = url_of(sock)
     fatal: list[str] = []
     helpers = [asyncio.ensure_future(_announce_ready(server, notifier, url, engine.status().model)),
-               asyncio.ensure_future(_exit_when_crashed(server, engine, fatal, CRASH_POLL))]
+               asyncio.ensure_future(_exit_when_crashed(server, engine, fatal, CRASH_POLL)),
+               asyncio.ensure_future(_halt_before_the_bound(server, engine, limits.shutdown_timeout))]
     if notifier.watchdog_interval is not None:
         helpers.append(asyncio.ensure_future(
             _watchdog(server, notifier, Liveness(engine), notifier.watchdog_interval)))

@@ -89,10 +89,11 @@ def test_notify_watchdog_wx_and_sigterm_mid_stream(smollm2_path: Path, tmp_path:
         daemon.notify.close()
     assert code == 0, daemon.log()
     assert elapsed < SHUTDOWN_TIMEOUT + 20, elapsed
-    # The stream could not finish within the bound: it was cancelled, and the daemon still exited 0.
+    # The stream could not finish within the bound: it was ended with a final error event just before it (not
+    # cut by uvicorn's own cancellation), and the daemon still exited 0.
     assert b"data: [DONE]" not in received
+    assert b"server is shutting down" in received and received.endswith(b"\r\n0\r\n\r\n"), received[-300:]
     log = daemon.log()
-    assert "timeout graceful shutdown exceeded" in log, log
     assert "path=/v1/completions status=200" in log and "error=cancelled" in log, log
     assert "Traceback" not in log, log
 
