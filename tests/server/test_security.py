@@ -197,3 +197,22 @@ def test_at_the_shutdown_bound_running_and_queued_requests_all_get_a_proper_endi
     for answer in answers:
         assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
         assert "shut" in answer.json()["error"]["message"]
+
+
+def test_the_hostile_corpus_never_hurts_the_daemon(victim: Daemon) -> None:
+    from .security_corpus import CASES
+
+    failures: list[str] = []
+    with victim.client() as client:
+        for case in CASES:
+            response = client.post(case.route, content=case.body, headers={"Content-Type": case.content_type})
+            if response.status_code not in case.statuses:
+                failures.append(f"{case.name}: {response.status_code} {response.text[:200]}")
+            health = client.get("/health")
+            if victim.proc.poll() is not None:
+                raise AssertionError(f"{case.name} killed the daemon (exit {victim.proc.returncode}):\n"
+                                     + victim.log()[-3000:])
+            if health.status_code != 200:
+                failures.append(f"{case.name}: /health {health.status_code} afterwards: {health.text}")
+    assert not failures, "\n".join(failures)
+    _still_serving(victim)
