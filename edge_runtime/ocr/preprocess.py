@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 _TARGET_LINE_HEIGHT = 48.0
 _AUTO_UPSCALE_BELOW = 1600
 _MAX_LONG_SIDE = 4000
+# Tesseract refuses a side over 32767 pixels ("Image too large"), and OpenCV 4's remap, which warpAffine runs,
+# asserts sides below SHRT_MAX: no image handed on may be wider or taller than this.
+MAX_SIDE = 32766
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,22 @@ def choose_scale(height: int, width: int, layout: Layout, settings: OcrSettings)
         scale = 1.0
     # Never beyond the size cap, whatever was asked: Tesseract's time grows with the pixel count.
     return max(1.0, min(scale, _MAX_LONG_SIDE / max(long_side, 1)))
+
+
+def fit_canvas(width: int, height: int, skew: float, scale: float, max_pixels: int) -> tuple[float, int, int]:
+    """`scale`, lowered (below 1 if need be) so the warped canvas, rotated corners included, holds at most
+    `max_pixels` pixels and MAX_SIDE per side; returns that scale and the canvas's width and height."""
+    rad = math.radians(skew)
+    cos, sin = abs(math.cos(rad)), abs(math.sin(rad))
+    base_w, base_h = width * cos + height * sin, width * sin + height * cos
+    # Every step after the warp keeps several copies of the canvas (measured: about 15 bytes per pixel, the
+    # background flattening's float32 images and the component labels the most), so enlarging gets the same
+    # pixel budget as an upload: a small image asking for 4× costs no more memory than the largest one accepted.
+    scale = min(scale, math.sqrt(max_pixels / (base_w * base_h)), MAX_SIDE / base_w, MAX_SIDE / base_h)
+    out_w = min(math.ceil(base_w * scale), MAX_SIDE)
+    # Rounding both sides up could pass the budget by a row: the last row then goes.
+    out_h = min(math.ceil(base_h * scale), MAX_SIDE, max(1, max_pixels // out_w))
+    return scale, out_w, out_h
 
 
 def _weighted_median(values: list[float], weights: list[float]) -> float:
@@ -181,10 +200,7 @@ def prepare(image: NDArray[Any], settings: OcrSettings) -> Prepared:
         gray = denoise(gray, median=early_median)
     skew = layout.skew_degrees if settings.deskew and abs(layout.skew_degrees) >= 0.3 else 0.0
     # One warp for rotation and scale, into a canvas large enough that rotated corners are not cut off.
-    rad = math.radians(skew)
-    cos, sin = abs(math.cos(rad)), abs(math.sin(rad))
-    out_w = math.ceil((width * cos + height * sin) * scale)
-    out_h = math.ceil((width * sin + height * cos) * scale)
+    scale, out_w, out_h = fit_canvas(width, height, skew, scale, settings.max_pixels)
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), -skew, scale)
     matrix[0, 2] += out_w / 2 - width / 2
     matrix[1, 2] += out_h / 2 - height / 2

@@ -10,12 +10,16 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DependencyMissing, InvalidRequest, OcrError
 from .camera import import_cv2
-from .preprocess import Prepared, prepare
+from .preprocess import MAX_SIDE, Prepared, prepare
 from .settings import OcrSettings
 
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+
+# Only formats whose magic bytes send Pillow and OpenCV to the same decoder, so the size Pillow reads from the
+# header is the size OpenCV decodes (MPO is Pillow's name for a camera's multi-picture JPEG).
+_FORMATS = frozenset({"PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP"})
 
 
 @dataclass(frozen=True)
@@ -55,29 +59,42 @@ def debian_package(lang: str) -> str:
     return "tesseract-ocr-" + lang.lower().replace("_", "-")
 
 
-def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
-    """Bytes of a PNG/JPEG/BMP/TIFF/WebP file to a BGR array; anything else is an InvalidRequest."""
-    cv2 = import_cv2()
-    import numpy as np
-
+def image_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """Width and height from the file's header; an image too large to read is refused before it is decoded."""
     if not data:
         raise InvalidRequest("the image is empty", param="file")
-    # The header tells the size before anything is decoded, so a small file cannot expand into gigabytes.
     import io
 
     from PIL import Image, UnidentifiedImageError
 
+    # Pillow parses only the header here, so a few kilobytes claiming 6300×6300 pixels cost nothing yet.
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
+            kind = probe.format
     except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidRequest("the file is not an image (PNG, JPEG, BMP, TIFF or WebP expected)",
                              param="file") from None
-    except Image.DecompressionBombError:
-        raise InvalidRequest("the image has too many pixels", param="file") from None
+    except Image.DecompressionBombError:  # Pillow's own ceiling, far above any sane max_pixels
+        raise InvalidRequest(f"the image has far more pixels than the limit of {max_pixels} "
+                             "(modules.ocr.max_pixels)", param="file") from None
+    if kind not in _FORMATS:
+        raise InvalidRequest(f"the image is {kind}, not PNG, JPEG, BMP, TIFF or WebP", param="file")
     if width * height > max_pixels:
-        raise InvalidRequest(f"the image has {width}×{height} pixels, more than the limit of {max_pixels}",
+        raise InvalidRequest(f"the image has {width}×{height} pixels, more than the limit of {max_pixels} "
+                             "(modules.ocr.max_pixels)", param="file")
+    if max(width, height) > MAX_SIDE:
+        raise InvalidRequest(f"the image is {width}×{height} pixels; at most {MAX_SIDE} pixels per side can be read",
                              param="file")
+    return width, height
+
+
+def decode_image(data: bytes, max_pixels: int) -> NDArray[np.uint8]:
+    """Bytes of a PNG/JPEG/BMP/TIFF/WebP file to a BGR array; anything else is an InvalidRequest."""
+    image_size(data, max_pixels)
+    cv2 = import_cv2()
+    import numpy as np
+
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise InvalidRequest("the image cannot be decoded (corrupt or unsupported format)", param="file")

@@ -1,6 +1,7 @@
 """Text-to-speech engines behind one interface: espeak-ng (subprocess, many languages) and Piper (optional)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import subprocess
@@ -35,6 +36,14 @@ class TTS(Protocol):
     def synthesize(self, text: str) -> Audio: ...
 
 
+def _variant_file(variant: str) -> str:
+    """espeak-ng reads `+3` as variant m3 and `+13` as f3 (its own numbering), any other name as the file name."""
+    if variant.isascii() and variant.isdigit():
+        number = int(variant)
+        return f"m{number}" if number < 10 else f"f{number - 10}"
+    return variant
+
+
 class EspeakTTS:
     """espeak-ng via `--stdout` (WAV on a pipe); text goes on stdin so it is never parsed as options."""
 
@@ -47,7 +56,8 @@ class EspeakTTS:
         self.rate = rate
         self.pitch = pitch
         self.binary = binary
-        self._voices: set[str] | None = None  # `espeak-ng --voices`, listed once per engine and its copies
+        # What espeak-ng has installed, listed on first use and shared with this engine's copies.
+        self._installed: dict[str, frozenset[str]] = {}
 
     def _exe(self) -> str:
         exe = shutil.which(self.binary)
@@ -55,10 +65,11 @@ class EspeakTTS:
             raise DependencyMissing(self.binary, package="espeak-ng")
         return exe
 
-    def voices(self) -> set[str]:
+    def voices(self) -> frozenset[str]:
         """Language codes, voice names and voice files espeak-ng knows (lower case)."""
-        if self._voices is not None:
-            return self._voices
+        cached = self._installed.get("voices")
+        if cached is not None:
+            return cached
         proc = subprocess.run([self._exe(), "--voices"], capture_output=True, text=True, check=False)
         names: set[str] = set()
         for line in proc.stdout.splitlines()[1:]:
@@ -66,15 +77,38 @@ class EspeakTTS:
             if len(fields) >= 5:
                 names.update({fields[1].lower(), fields[3].lower(), fields[4].lower(),
                               fields[4].rsplit("/", 1)[-1].lower()})
-        self._voices = names
-        return names
+        listed = self._installed["voices"] = frozenset(names)
+        return listed
+
+    def variants(self) -> frozenset[str]:
+        """Variant names as `+name` takes them (`f3`, `klatt`, `Alex`): the files in espeak-ng-data/*/!v.
+
+        The directories, not `--voices=variant`, because espeak-ng opens `!v/<name>` with the name as given
+        (case-sensitive), and that listing prints names with spaces (`Mr serious`) in space-separated columns.
+        """
+        cached = self._installed.get("variants")
+        if cached is not None:
+            return cached
+        proc = subprocess.run([self._exe(), "--version"], capture_output=True, text=True, check=False)
+        data = proc.stdout.partition("Data at:")[2].strip()
+        names: set[str] = set()  # no data directory named, or no variants in it: every `+variant` is refused
+        for folder in ("voices", "lang") if data else ():  # espeak-ng looks in both
+            with contextlib.suppress(OSError):
+                names.update(entry.name for entry in (Path(data) / folder / "!v").iterdir() if entry.is_file())
+        listed = self._installed["variants"] = frozenset(names)
+        return listed
 
     def has_voice(self, voice: str) -> bool:
-        return voice.split("+", 1)[0].lower() in self.voices()
+        """Whether espeak-ng has this voice and, after a `+`, this variant. espeak-ng appends the variant to a
+        path and opens it, so only installed names may reach it (`en-us+../../etc/passwd` would be read)."""
+        name, plus, variant = voice.partition("+")
+        if name.lower() not in self.voices():
+            return False
+        return not plus or _variant_file(variant) in self.variants()
 
     def with_voice(self, voice: str, rate: int | None = None) -> EspeakTTS:
         copy = EspeakTTS(voice, rate=rate or self.rate, pitch=self.pitch, binary=self.binary)
-        copy._voices = self._voices
+        copy._installed = self._installed
         return copy
 
     def synthesize(self, text: str) -> Audio:
@@ -187,5 +221,6 @@ def create_tts(engine: str, *, voice: str | None, language: str, rate: int = DEF
     tts = EspeakTTS(voice or ESPEAK_LANGUAGE_VOICES.get(language, language), rate=rate, pitch=pitch)
     # espeak-ng silently falls back to a near match ("no-such-voice" speaks Norwegian): refuse unknown names.
     if not tts.has_voice(tts.voice):
-        raise AudioError(f"espeak-ng has no voice {tts.voice!r} (list them with `espeak-ng --voices`)")
+        raise AudioError(f"espeak-ng has no voice {tts.voice!r} (list voices with `espeak-ng --voices`, variants "
+                         "with `espeak-ng --voices=variant`)")
     return tts
