@@ -21,7 +21,11 @@ BUILTIN_MODULES: Mapping[str, str] = {
 
 
 class Module(Protocol):
-    """A running kiosk module. `routers()` returns FastAPI routers the daemon mounts when it is enabled."""
+    """A running kiosk module. `routers()` returns FastAPI routers the daemon mounts when it is enabled.
+
+    A module may also have a synchronous `halt()`: the daemon calls it just before its shutdown bound, so work still
+    running for a request ends with an answer (a 503) instead of being cut off (the voice module has one).
+    """
 
     name: str
 

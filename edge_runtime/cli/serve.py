@@ -65,7 +65,7 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
         if engine is not None:
             await engine.close()
         raise
-    await serve(settings, engine, app, sock, notifier, kiosk)
+    await serve(settings, engine, app, sock, notifier, kiosk, modules)
 
 
 @click.command()

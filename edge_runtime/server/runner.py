@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -149,18 +149,21 @@ async def _exit_when_crashed(server: DaemonServer, engine: Engine, fatal: list[s
         await asyncio.sleep(interval)
 
 
-async def _halt_before_the_bound(server: DaemonServer, engine: Engine, grace: float) -> None:
+async def _halt_before_the_bound(server: DaemonServer, engine: Engine, grace: float,
+                                 modules: Sequence[Any] = ()) -> None:
     # uvicorn cancels requests still running at timeout_graceful_shutdown: a stream then just stops and a queued
     # request gets uvicorn's text/plain 500. Halting the engine a moment before lets every response end properly
     # (a final error event for a stream, a 503 JSON with Retry-After for a request that never started).
-    halt = getattr(engine, "halt", None)
-    if not callable(halt):
+    # Modules with a halt() (voice: running transcriptions) are halted at the same moment, for the same reason.
+    halts = [halt for halt in (getattr(x, "halt", None) for x in (engine, *modules)) if callable(halt)]
+    if not halts:
         return
     while not server.should_exit:
         await asyncio.sleep(0.05)
     await asyncio.sleep(max(0.0, grace - min(1.0, grace / 2)))
     log.info("shutdown bound near: ending the answers still running")
-    halt()
+    for halt in halts:
+        halt()
 
 
 async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None:
@@ -172,8 +175,10 @@ async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None
 
 
 async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socket,
-                notifier: Notifier | None = None, kiosk: KioskService | None = None) -> None:
-    """Serve `app` on the bound `sock` until SIGTERM/SIGINT; then stop `kiosk`, drain, close the engine, return."""
+                notifier: Notifier | None = None, kiosk: KioskService | None = None,
+                modules: Sequence[Any] = ()) -> None:
+    """Serve `app` on the bound `sock` until SIGTERM/SIGINT; then stop `kiosk`, drain, close the engine, return.
+    Just before the drain bound the engine and any of `modules` with a `halt()` end the work still running."""
     notifier = notifier or Notifier()
 
     async def quiet_at_shutdown(scope: Any, receive: Any, send: Any) -> None:
@@ -199,7 +204,7 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
     fatal: list[str] = []
     helpers = [asyncio.ensure_future(_announce_ready(server, notifier, url, engine.status().model)),
                asyncio.ensure_future(_exit_when_crashed(server, engine, fatal, CRASH_POLL)),
-               asyncio.ensure_future(_halt_before_the_bound(server, engine, limits.shutdown_timeout))]
+               asyncio.ensure_future(_halt_before_the_bound(server, engine, limits.shutdown_timeout, modules))]
     if notifier.watchdog_interval is not None:
         helpers.append(asyncio.ensure_future(
             _watchdog(server, notifier, Liveness(engine), notifier.watchdog_interval)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,9 @@ _WAVE_FORMAT_FLOAT = 3
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _HALF_TAPS = 16  # kernel half-width in output-band samples: ~-60 dB aliasing, fast enough on 2 cores
 _BLOCK = 4096
+# Source audio converted per step when streaming a WAV: the working set is this much audio (a few MB of float64
+# at most), never the whole file; uploads used to become several full-length float64 copies (1.4 GB for 53 min).
+_DECODE_SECONDS = 1
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ class WavFormat:
     float_samples: bool
     data_offset: int
     data_size: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.channels * self.bits // 8
 
 
 def parse_wav_header(data: bytes, name: str = "audio") -> WavFormat:
@@ -124,16 +132,44 @@ def pcm_to_mono16(raw: bytes, fmt: WavFormat) -> np.ndarray:
     return np.clip(np.round(values), -32768, 32767).astype(np.int16)
 
 
-def decode_wav(data: bytes, name: str = "audio") -> Audio:
-    """A whole WAV file -> mono S16 at its own rate; empty, non-WAV or unsupported input is an AudioError."""
+def wav_body(data: bytes, name: str = "audio") -> tuple[WavFormat, memoryview]:
+    """A whole WAV file's format and its whole sample frames (a view, no copy), checked before any decoding.
+
+    The data chunk's size is trusted only up to the bytes present (streaming writers put a bogus one there), so
+    `len(body) // fmt.frame_bytes / fmt.sample_rate` is the real duration.
+    """
     if not data:
         raise AudioError(f"{name}: the file is empty")
     fmt = parse_wav_header(data, name)
-    raw = data[fmt.data_offset:fmt.data_offset + fmt.data_size]
-    samples = pcm_to_mono16(raw, fmt)
-    if samples.size == 0:
+    available = min(fmt.data_size, len(data) - fmt.data_offset)
+    usable = available - available % fmt.frame_bytes
+    if usable <= 0:
         raise AudioError(f"{name}: the WAV file contains no audio samples")
-    return Audio(samples.astype("<i2").tobytes(), fmt.sample_rate)
+    return fmt, memoryview(data)[fmt.data_offset:fmt.data_offset + usable]
+
+
+def decode_wav(data: bytes, name: str = "audio") -> Audio:
+    """A whole WAV file -> mono S16 at its own rate; empty, non-WAV or unsupported input is an AudioError."""
+    fmt, body = wav_body(data, name)
+    return Audio(pcm_to_mono16(bytes(body), fmt).astype("<i2").tobytes(), fmt.sample_rate)
+
+
+def decode_chunks(fmt: WavFormat, body: memoryview, chunk_bytes: int) -> Iterator[bytes]:
+    """`body` (whole frames in `fmt`) as 16 kHz mono S16 chunks of exactly `chunk_bytes` (the last may be
+    shorter), converted one block at a time: memory does not grow with the duration. The chunks are the same
+    bytes as slicing `decode_wav(...).at_rate(SAMPLE_RATE)`, so a streamed upload is recognised identically."""
+    decoder = WavDecoder(fmt)
+    step = fmt.sample_rate * _DECODE_SECONDS * fmt.frame_bytes
+    pending = b""
+    for start in range(0, len(body), step):
+        pending += decoder.push(body[start:start + step])
+        usable = len(pending) - len(pending) % chunk_bytes
+        for offset in range(0, usable, chunk_bytes):
+            yield pending[offset:offset + chunk_bytes]
+        pending = pending[usable:]
+    pending += decoder.flush()
+    for offset in range(0, len(pending), chunk_bytes):
+        yield pending[offset:offset + chunk_bytes]
 
 
 def encode_wav(audio: Audio) -> bytes:
@@ -199,6 +235,27 @@ class Resampler:
         total = round(self.consumed / self.step)
         self.buffer = np.concatenate([self.buffer, np.zeros(self.half + 1)])
         return self._emit(total)
+
+
+class WavDecoder:
+    """Converts a WAV's sample bytes, block by block, to 16 kHz mono S16 (resampler state carries across blocks)."""
+
+    def __init__(self, fmt: WavFormat) -> None:
+        self.fmt = fmt
+        self.passthrough = (fmt.sample_rate == SAMPLE_RATE and fmt.channels == 1 and fmt.bits == 16
+                            and not fmt.float_samples)
+        self.resampler = None if fmt.sample_rate == SAMPLE_RATE else Resampler(fmt.sample_rate, SAMPLE_RATE)
+
+    def push(self, raw: bytes | memoryview) -> bytes:
+        """Whole frames in -> whatever output they complete (a resampler holds back its kernel's width)."""
+        if self.passthrough:
+            return bytes(raw)
+        mono = pcm_to_mono16(bytes(raw), self.fmt)
+        out = self.resampler.push(mono) if self.resampler is not None else mono
+        return out.astype("<i2").tobytes()
+
+    def flush(self) -> bytes:
+        return self.resampler.flush().astype("<i2").tobytes() if self.resampler is not None else b""
 
 
 def resample(samples: np.ndarray, src: int, dst: int) -> np.ndarray:

@@ -2,13 +2,16 @@
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at definition time, and
 # fastapi is imported inside build_router() so that importing this package stays light.
 import asyncio
+import contextlib
 import importlib.util
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..errors import AudioError, DependencyMissing, InvalidRequest, RegistryError
+from ..errors import AudioError, DependencyMissing, EngineBusy, InvalidRequest, RegistryError
 from ..uploads import read_limited
-from .audio import Audio, decode_wav, encode_wav
-from .stt import transcribe
+from .audio import Audio, decode_chunks, encode_wav, wav_body
+from .stt import CHUNK_BYTES, transcribe
 from .tts import ESPEAK, PIPER, TTS, EspeakTTS, PiperTTS, create_tts
 
 if TYPE_CHECKING:
@@ -24,13 +27,29 @@ TRANSCRIPTION_FORMATS = ("json", "text")
 SPEECH_FORMATS = ("wav", "pcm")
 PCM_RATE = 24000  # OpenAI's `pcm` response format: raw 24 kHz mono S16LE
 MAX_SPEECH_CHARS = 4096
+CLIENT_CLOSED = 499  # nginx's "client closed request": only ever seen in the daemon's own access log
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 def _primary(language: str) -> str:
     return language.replace("_", "-").split("-", 1)[0].lower()
 
 
+async def _client_gone(work: "asyncio.Future[str]", receive: Receive) -> bool:
+    """Wait for `work`; True as soon as the client disconnects instead (its body was read: only that can come)."""
+    async def disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
+    watcher = asyncio.ensure_future(disconnect())
+    either: set[asyncio.Future[Any]] = {work, watcher}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+    return not work.done()
 
 
 def build_router(module: "VoiceModule") -> Any:
@@ -38,13 +57,15 @@ def build_router(module: "VoiceModule") -> Any:
     if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
         # FastAPI needs it for File/Form fields and would otherwise fail with a less helpful RuntimeError.
         raise DependencyMissing("python-multipart (multipart uploads for /v1/audio/transcriptions)", extra="voice")
-    from fastapi import APIRouter, File, Form, UploadFile
+    from fastapi import APIRouter, File, Form, Request, UploadFile
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from pydantic import BaseModel
 
+    from ..server.middleware import record_of
+
     router = APIRouter(tags=["audio"])
-    # Recognition and synthesis are CPU-bound and share two cores with the LLM: one at a time each.
-    stt_slot = asyncio.Semaphore(1)
+    # Synthesis is CPU-bound and shares two cores with the LLM: one at a time. Recognition is bounded by the
+    # module's limiter (modules.voice.max_concurrent_transcriptions), which the kiosk shares.
     tts_slot = asyncio.Semaphore(1)
     tts_engines: dict[str, TTS] = {}
 
@@ -60,8 +81,27 @@ def build_router(module: "VoiceModule") -> Any:
         except AudioError as exc:
             raise InvalidRequest(f"model: {exc}", param="model") from None
 
+    def transcribe_upload(data: bytes, name: str, model: str, language: str | None, cancel: threading.Event) -> str:
+        """Worker thread: check the WAV header, then decode and recognise chunk by chunk until done or cancelled."""
+        try:
+            fmt, body = wav_body(data, name)
+        except AudioError as exc:
+            raise InvalidRequest(str(exc), param="file") from None
+        seconds = len(body) // fmt.frame_bytes / fmt.sample_rate
+        limit = module.options.max_audio_seconds
+        if seconds > limit:
+            raise InvalidRequest(f"{name}: {seconds:.1f} s of audio is longer than the {limit:g} s limit "
+                                 "(modules.voice.max_audio_seconds)", param="file")
+        engine, grammar = stt_engine(model)
+        if language and engine.language and _primary(language) != _primary(engine.language):
+            raise InvalidRequest(f"language: {language!r} is not the language of speech model {engine.name} "
+                                 f"({engine.language})", param="language")
+        return transcribe(engine, decode_chunks(fmt, body, CHUNK_BYTES), grammar,
+                          wrap=lambda recognizer: module.limiter.gated(recognizer, cancel))
+
     @router.post("/v1/audio/transcriptions")
     async def transcriptions(
+        request: Request,
         file: UploadFile = File(...),  # noqa: B008 - FastAPI's dependency-declaration idiom
         model: str = Form(...),
         language: Optional[str] = Form(None),  # noqa: UP045 - evaluated by FastAPI at runtime on 3.10
@@ -73,18 +113,35 @@ def build_router(module: "VoiceModule") -> Any:
         if response_format not in TRANSCRIPTION_FORMATS:
             raise InvalidRequest(f"response_format: {response_format!r} is not supported; use one of "
                                  + ", ".join(TRANSCRIPTION_FORMATS), param="response_format")
-        data = await read_limited(file, module.options.max_upload_bytes, "upload", "modules.voice.max_upload_bytes")
-        name = file.filename or "file"
+        # Before reading the upload: a request over modules.voice.max_concurrent_transcriptions is a 503 at once.
+        ticket = module.limiter.admit()
         try:
-            audio = await asyncio.to_thread(decode_wav, data, name)
-        except AudioError as exc:
-            raise InvalidRequest(str(exc), param="file") from None
-        engine, grammar = await asyncio.to_thread(stt_engine, model)
-        if language and engine.language and _primary(language) != _primary(engine.language):
-            raise InvalidRequest(f"language: {language!r} is not the language of speech model {engine.name} "
-                                 f"({engine.language})", param="language")
-        async with stt_slot:
-            text = await asyncio.to_thread(transcribe, engine, audio, grammar)
+            data = await read_limited(file, module.options.max_upload_bytes, "upload",
+                                      "modules.voice.max_upload_bytes")
+        except BaseException:
+            ticket.release()
+            raise
+        work = module.limiter.start(ticket, lambda: transcribe_upload(data, file.filename or "file", model,
+                                                                      language, ticket.cancel))
+        try:
+            gone = await _client_gone(work, request.receive)
+        except asyncio.CancelledError:
+            # uvicorn's shutdown bound (server.shutdown_timeout): the worker stops at its next chunk.
+            ticket.cancel.set()
+            work.cancel()
+            raise
+        if gone:
+            # Nobody will read the answer: stop recognising now rather than burn minutes of CPU for nothing.
+            ticket.cancel.set()
+            work.cancel()
+            record_of(request.scope).error = "client_disconnected"
+            return Response(status_code=CLIENT_CLOSED)
+        try:
+            text = work.result()
+        except AudioError:
+            if ticket.cancel.is_set():  # the module stopped under it
+                raise EngineBusy("the transcription was cancelled because the server is shutting down") from None
+            raise
         if response_format == "text":
             return PlainTextResponse(text + "\n")
         return JSONResponse({"text": text})

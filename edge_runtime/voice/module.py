@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import AudioError, ConfigError, DependencyMissing, RegistryError
+from .limits import RecognitionLimiter
 from .options import PREFIX, VoiceOptions, parse_options
 from .player import Player
 from .sources import AudioSource, open_source
@@ -21,6 +22,7 @@ from .tts import PIPER, TTS, create_tts
 
 log = logging.getLogger(__name__)
 _JOIN_TIMEOUT = 5.0
+_CANCEL_TIMEOUT = 2.0  # a cancelled transcription stops within one chunk (tens of ms); this bounds a stuck one
 
 
 class VoiceModule:
@@ -38,6 +40,8 @@ class VoiceModule:
         self._speaker: Speaker | None = None
         self._sources: set[AudioSource] = set()
         self._lock = threading.Lock()
+        # Shared by the HTTP route and listen() (the kiosk): one bound on recognition for the whole module.
+        self.limiter = RecognitionLimiter(options.max_concurrent_transcriptions)
 
     # --- speech to text -------------------------------------------------------------------------
     def stt_model(self, name: str | None = None, *, pull: bool = True) -> SttModel:
@@ -88,7 +92,8 @@ class VoiceModule:
         source = source or self.open_source()
         recognizer = self.stt().recognizer(grammar if grammar is not None else self.grammar())
         try:
-            yield from finals(source.chunks(), recognizer, wake=self.wake_gate(), on_speech=on_speech)
+            yield from finals(source.chunks(), self.limiter.gated(recognizer), wake=self.wake_gate(),
+                              on_speech=on_speech)
         finally:
             recognizer.close()
             source.close()
@@ -158,9 +163,15 @@ class VoiceModule:
         return [build_router(self)]
 
     async def start(self) -> None:
+        self.limiter.open()
         if self.options.preload:
             engine = await asyncio.to_thread(self.stt)
             await asyncio.to_thread(engine.load)
+
+    def halt(self) -> None:
+        """The daemon's shutdown bound is near: running transcriptions end now, with a 503 their clients can retry
+        (instead of the 500 uvicorn sends for a request it cancels at the bound)."""
+        self.limiter.halt()
 
     async def stop(self) -> None:
         if self._speaker is not None:
@@ -169,6 +180,9 @@ class VoiceModule:
             sources = list(self._sources)
         for source in sources:
             source.close()
+        # Uploads being transcribed stop at their next chunk. Their threads are daemon threads, so one stuck in
+        # native code cannot keep the process alive past this bound.
+        await asyncio.to_thread(self.limiter.close, _CANCEL_TIMEOUT)
 
 
 # What a caller of the voice module uses: recognition (the STT engine, plus the microphone when input is one),

@@ -36,6 +36,12 @@ class VoiceOptions:
     barge_in: bool = True
     preload: bool = True
     max_upload_bytes: int = 25 * 1024 * 1024
+    # Refused from the WAV header, before decoding: 120 s covers any spoken request or voice memo, and costs at
+    # most ~1 min of one core (pocketsphinx, continuous speech, measured here); longer recordings are split.
+    max_audio_seconds: float = 120.0
+    # Recognisers working at once (uploads and the kiosk's microphone): one core of a 2-core board; the LLM keeps
+    # the other.
+    max_concurrent_transcriptions: int = 1
 
     def replace(self, **changes: Any) -> VoiceOptions:
         """A copy with the non-None `changes` applied, validated like config (command-line flags)."""
@@ -129,6 +135,8 @@ _CHECKS: Mapping[str, Callable[[str, Any], Any]] = {
     "barge_in": _bool,
     "preload": _bool,
     "max_upload_bytes": _size,
+    "max_audio_seconds": _float(1.0, 3600.0),
+    "max_concurrent_transcriptions": _int(1, 16),
 }
 _NULLABLE = frozenset({"output", "stt_model", "grammar", "wake_phrase", "voice"})
 

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 from ..errors import AudioError, DependencyMissing
-from .audio import SAMPLE_RATE, SAMPLE_WIDTH, Resampler, WavFormat, parse_wav_header, pcm_to_mono16
+from .audio import SAMPLE_RATE, SAMPLE_WIDTH, Resampler, WavDecoder, parse_wav_header
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +230,8 @@ class StreamSource:
         fmt = parse_wav_header(header, self.name)
         body = header[fmt.data_offset:]
         remaining = fmt.data_size - len(body)
-        passthrough = fmt.sample_rate == SAMPLE_RATE and fmt.channels == 1 and fmt.bits == 16 \
-            and not fmt.float_samples
-        resampler = None if fmt.sample_rate == SAMPLE_RATE else Resampler(fmt.sample_rate, SAMPLE_RATE)
-        frame = fmt.channels * fmt.bits // 8
+        decoder = WavDecoder(fmt)
+        frame = fmt.frame_bytes
         in_chunk = max(frame, fmt.sample_rate * frame * self.chunk_bytes // (SAMPLE_RATE * SAMPLE_WIDTH))
         in_chunk -= in_chunk % frame
         pending = body if remaining >= 0 else body[:fmt.data_size]
@@ -250,21 +248,12 @@ class StreamSource:
             if take == 0:
                 break
             data, pending = pending[:take], pending[take:]
-            yield from self._convert(data, fmt, passthrough, resampler)
-        if resampler is not None:
-            tail = resampler.flush()
-            if tail.size:
-                yield tail.astype("<i2").tobytes()
-
-    @staticmethod
-    def _convert(data: bytes, fmt: WavFormat, passthrough: bool, resampler: Resampler | None) -> Iterator[bytes]:
-        if passthrough:
-            yield data
-            return
-        mono = pcm_to_mono16(data, fmt)
-        out = resampler.push(mono) if resampler is not None else mono
-        if out.size:
-            yield out.astype("<i2").tobytes()
+            out = decoder.push(data)
+            if out:
+                yield out
+        tail = decoder.flush()
+        if tail:
+            yield tail
 
     def close(self) -> None:
         self._closed.set()

@@ -82,7 +82,10 @@ class SphinxRecognizer:
 
     def finish(self) -> Transcript | None:
         if self._endpointer.in_speech:
-            self._speech(self._endpointer.end_stream(self._buffer))
+            # end_stream() reads its buffer's first sample even when it is empty, and raised IndexError for any
+            # audio a whole number of 30 ms frames long that ends in speech (a 10-minute upload: HTTP 500).
+            # One silent sample more is inaudible to the decoder.
+            self._speech(self._endpointer.end_stream(self._buffer or b"\0\0"))
         self._buffer = b""
         if not self._in_utt:
             return None
@@ -90,10 +93,14 @@ class SphinxRecognizer:
         return final if final.text else None
 
     def close(self) -> None:
-        if self._in_utt:
-            self._decoder.end_utt()
-            self._in_utt = False
         pooled, self._pooled = self._pooled, None
+        if self._in_utt:
+            # Stopped mid-utterance (a cancelled upload, a failure): end_utt() would run the final search over the
+            # whole utterance, 2.6 s for 40 s of continuous speech here, so a cancelled transcription would go on
+            # burning CPU. The decoder is dropped instead; the next stream loads a fresh one (0.4 s).
+            self._in_utt = False
+            self._decoder = None
+            return
         if pooled is not None:
             self._engine.release(pooled)
 

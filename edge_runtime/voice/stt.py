@@ -141,10 +141,15 @@ def audio_chunks(audio: Audio, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes
         yield pcm[start:start + chunk_bytes]
 
 
-def transcribe(engine: SpeechToText, audio: Audio, grammar: Sequence[str] | None = None) -> str:
-    """The whole text of a recording: its final transcripts joined by spaces."""
+def transcribe(engine: SpeechToText, audio: Audio | Iterable[bytes], grammar: Sequence[str] | None = None, *,
+               wrap: Callable[[Recognizer], Recognizer] | None = None) -> str:
+    """The whole text of a recording (or of 16 kHz chunks): its final transcripts joined by spaces.
+
+    `wrap` puts the recogniser behind a limiter (a CPU turn per chunk, a cancel flag): see voice/limits.py.
+    """
+    chunks = audio_chunks(audio) if isinstance(audio, Audio) else audio
     recognizer = engine.recognizer(grammar)
     try:
-        return " ".join(finals(audio_chunks(audio), recognizer))
+        return " ".join(finals(chunks, wrap(recognizer) if wrap is not None else recognizer))
     finally:
         recognizer.close()
