@@ -1,6 +1,10 @@
 """The one error hierarchy of clawd-edge; the CLI and HTTP edges translate it, nothing else catches it."""
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class ClawdError(Exception):
     """Base of every error clawd-edge raises on purpose; the message is meant for a user."""
@@ -99,3 +103,14 @@ class AudioError(ClawdError):
 
 class OcrError(ClawdError):
     """A camera, image or Tesseract failed."""
+
+
+def fresh(error: E) -> E:
+    """A new exception equal to `error` (type, message, attributes) with no traceback or context of its own.
+
+    One failure that ends many requests raises a copy in each: a single object re-raised in several tasks would
+    collect all their tracebacks and contexts on itself.
+    """
+    clone = type(error).__new__(type(error), *error.args)
+    clone.__dict__.update(vars(error))
+    return clone

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown
+from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown, fresh
 from ..gguf_file import inspect
 from .grammar import grammar_text
 from .planner import MemoryPlan, plan_for
@@ -293,10 +293,8 @@ class LlamaEngine:
             runtime: Runtime = Runtime(self.plan, threads=self._settings.threads, flash_attn=self._flash_attn)
         except ClawdError as exc:
             self._state, self._reason = EngineState.FAILED, f"load failed: {exc}"
-            while self._waiting:
-                job = self._waiting.popleft()
-                self._done(job)
-                self._emit(job, exc)
+            failure = exc
+            self._fail_queued(lambda: fresh(failure))
             return
         self._load_seconds = time.monotonic() - start
         self._loads += 1
@@ -319,7 +317,7 @@ class LlamaEngine:
     def _fail_everything(self, error: BaseException) -> None:
         if self._sched is not None:
             self._sched.fail_all(error)
-        self._fail_queued(lambda: error)
+        self._fail_queued(lambda: fresh(error))
 
     def _fail_queued(self, error: Callable[[], BaseException]) -> None:
         """Fail every request not yet in a slot with `error()`, and deliver that at once."""

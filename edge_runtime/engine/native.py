@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import enum
 import functools
 import logging
 from collections.abc import Sequence
@@ -100,6 +101,14 @@ def _address(pointer: Any) -> int:
     return int(value)
 
 
+class Copy(enum.Enum):
+    """What Runtime.copy_prefix did to the destination sequence."""
+
+    COPIED = "copied"
+    UNTOUCHED = "untouched"
+    EMPTIED = "emptied"
+
+
 class Runtime:
     """A loaded model + context sized by a MemoryPlan; every method runs on the engine's worker thread."""
 
@@ -187,7 +196,7 @@ class Runtime:
         if token < 0:
             return ""
         n = self.lib.llama_token_to_piece(self.vocab, token, ctypes.create_string_buffer(64), 64, 0, True)
-        buf = ctypes.create_string_buffer(max(n, 64))
+        buf = ctypes.create_string_buffer(-n if n < 0 else 64)  # a negative n is the size the piece needs
         n = self.lib.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
@@ -241,25 +250,25 @@ class Runtime:
     def seq_pos_min(self, seq: int) -> int:
         return int(self.lib.llama_memory_seq_pos_min(self.memory, seq))
 
-    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
-        """Make the first n cells of `src` the whole of `dst` (positions 0..n-1); False leaves `dst` empty.
+    def copy_prefix(self, src: int, dst: int, n: int) -> Copy:
+        """Make the first n cells of `src` the whole of `dst` (positions 0..n-1).
 
-        The sequence's state goes through a host buffer (what llama-server does to restore a cached prompt into any
-        slot) and the copy is cut back to n: llama.cpp copies only whole streams between KV streams.
+        COPIED: done. UNTOUCHED: refused before `dst` was touched (state too large to stage), so its own cells
+        are still good. EMPTIED: failed part-way, and `dst` was cleared. The sequence's state goes through a host
+        buffer (what llama-server does to restore a cached prompt into any slot) and is cut back to n: llama.cpp
+        copies only whole streams between KV streams.
         """
         lib = self.lib
         size = int(lib.llama_state_seq_get_size(self.ctx, src))
         if size <= 0 or size > MAX_STATE_COPY_BYTES:
-            return False
+            return Copy.UNTOUCHED
         buf = (ctypes.c_uint8 * size)()
-        if int(lib.llama_state_seq_get_data(self.ctx, buf, size, src)) != size \
-                or int(lib.llama_state_seq_set_data(self.ctx, buf, size, dst)) == 0:
+        if int(lib.llama_state_seq_get_data(self.ctx, buf, size, src)) != size:
+            return Copy.UNTOUCHED
+        if int(lib.llama_state_seq_set_data(self.ctx, buf, size, dst)) == 0 or not self.seq_rm(dst, n):
             self.seq_rm(dst, 0)
-            return False
-        if not self.seq_rm(dst, n):
-            self.seq_rm(dst, 0)
-            return False
-        return True
+            return Copy.EMPTIED
+        return Copy.COPIED
 
     # -- batch ----------------------------------------------------------------------------------------------
     def add(self, at: int, tokens: Sequence[int], start_pos: int, seq: int, *, logits: bool = False) -> int:

@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import ClawdError, EngineError, InvalidRequest
-from .native import Runtime
+from ..errors import ClawdError, EngineError, InvalidRequest, fresh
+from .native import Copy, Runtime
 from .sampling import Sampler
 from .specials import Part, SpecialText
 from .template import ChatTemplate
@@ -181,8 +181,8 @@ class Scheduler:
         job.sampler.accept_prompt(job.prompt if last_n < 0 else job.prompt[max(0, len(job.prompt) - last_n):])
         slot.job = job
         self._share(slot, job)
-        job.n_cached = job.n_past
-        self.stats.cached_prompt_tokens += job.n_past
+        if job.wait_for is None:
+            self._count_cached(job)
         return True
 
     def _share(self, slot: Slot, job: Job) -> None:
@@ -216,13 +216,16 @@ class Scheduler:
         job = slot.job
         assert job is not None
         rt = self.rt
+        result = rt.copy_prefix(donor.seq, slot.seq, n)
+        if result is Copy.UNTOUCHED:
+            return  # refused before touching the slot: its own cached prefix (job.n_past) is still good
         # A sliding window may already have dropped cells the copy's continuation would attend to.
-        if rt.copy_prefix(donor.seq, slot.seq, n) and not (rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > 0):
+        if result is Copy.COPIED and not (rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > 0):
             slot.tokens[:] = job.prompt[:n]
             job.n_past = n
             self.stats.prefix_copies += 1
             return
-        rt.seq_rm(slot.seq, 0)  # a failed copy leaves nothing of the slot's own cache worth trusting
+        rt.seq_rm(slot.seq, 0)
         slot.tokens.clear()
         job.n_past = 0
 
@@ -235,10 +238,14 @@ class Scheduler:
             return
         job.wait_for = None
         if n >= job.n_past + MIN_SHARED_PREFIX:
-            before = job.n_past
             self._copy_from(donor, slot, n)
-            job.n_cached = job.n_past
-            self.stats.cached_prompt_tokens += job.n_past - before
+        self._count_cached(job)
+
+    def _count_cached(self, job: Job) -> None:
+        # Once per job, when its cached prefix is final (a copy may still replace or empty it before that), so
+        # the exported counter never goes down.
+        job.n_cached = job.n_past
+        self.stats.cached_prompt_tokens += job.n_past
 
     # -- one step -----------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -354,7 +361,7 @@ class Scheduler:
             job = slot.job
             if job is not None:
                 self._release(slot, cancelled=False)
-                self.emit(job, error)
+                self.emit(job, fresh(error))
             self.rt.seq_rm(slot.seq, 0)
             slot.tokens.clear()
 
@@ -365,8 +372,9 @@ class Scheduler:
                 self._finish(slot, FinishReason.CANCELLED, "")
 
     def fail_all(self, error: BaseException) -> None:
+        """Fail every running job with its own copy of `error`."""
         for slot in self.slots:
             job = slot.job
             if job is not None:
                 self._release(slot, cancelled=False)
-                self.emit(job, error)
+                self.emit(job, fresh(error))
