@@ -21,6 +21,8 @@ _PIECE_BUFFER = 256
 # A sequence's KV state is copied through a host buffer this big at most (about 1400 tokens of SmolLM2's f16 cache);
 # a longer donor is recomputed rather than doubling its cells in RAM for a moment on a 2 GB board.
 MAX_STATE_COPY_BYTES = 32 * 1024 * 1024
+# Runtime.decode's status for a batch that asks for more logits rows than the context holds (never sent to llama.cpp).
+TOO_MANY_OUTPUTS = -100
 log = logging.getLogger("edge_runtime.engine")
 
 
@@ -141,7 +143,8 @@ class Runtime:
         cparams.n_seq_max = plan.n_parallel
         # One logits row per slot per decode at most: reserving n_batch rows (the default) would cost
         # n_batch x n_vocab floats of compute buffer (257 MiB for Gemma-3's 262k vocabulary).
-        cparams.n_outputs_max = plan.n_parallel
+        cparams.n_outputs_max = self.n_outputs_max = plan.n_parallel
+        self._outputs = 0  # logits rows asked for in the batch being built (checked by decode)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.kv_unified = False  # one KV stream per slot; see planner.plan for why never a shared pool
@@ -173,6 +176,7 @@ class Runtime:
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
         self._logits_ith = _raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
                                          ctypes.c_void_p)
+
         self.greedy = GreedyPicker.create(library_dir(lib), self.n_vocab, threads)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._token_addr = _address(self.batch.token)
@@ -285,6 +289,7 @@ class Runtime:
             rows[i][0] = seq
         if logits:
             self.batch.logits[at + n - 1] = 1
+            self._outputs += 1
         self.batch.n_tokens = at + n
         return at + n
 
@@ -296,6 +301,7 @@ class Runtime:
         self._seq_rows[at][0] = seq
         batch.logits[at] = 1
         batch.n_tokens = at + 1
+        self._outputs += 1
         return at + 1
 
     def pick_greedy(self, index: int) -> int | None:
@@ -307,6 +313,13 @@ class Runtime:
 
     def decode(self) -> int:
         """0 ok, 1 no room in the KV cache, other values are llama.cpp errors."""
+        outputs, self._outputs = self._outputs, 0
+        if outputs > self.n_outputs_max:
+            # llama.cpp aborts the whole process (GGML_ASSERT) on a batch with more logits rows than the context
+            # was made for; its output buffer is allocated once for n_outputs_max rows, which is also why the
+            # greedy graphs may keep row addresses for the context's life. Logprobs, n > 1 or speculative drafts
+            # must raise n_outputs_max first.
+            return TOO_MANY_OUTPUTS
         return int(self.lib.llama_decode(self.ctx, self.batch))
 
     def close(self) -> None:

@@ -146,3 +146,26 @@ def test_a_special_token_longer_than_64_bytes_keeps_its_text() -> None:
 
     runtime = SimpleNamespace(lib=SimpleNamespace(llama_token_to_piece=to_piece), vocab=None)
     assert Runtime._special_text(runtime, 7) == piece.decode()  # type: ignore[arg-type]
+
+
+def test_a_batch_with_more_logits_rows_than_slots_is_refused_not_an_abort(make_engine: MakeEngine) -> None:
+    # llama.cpp's own answer is GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max): the whole process aborts.
+    engine = make_engine(parallel=2)
+    asyncio.run(wait_for(lambda: engine._sched is not None))
+    sched = engine._sched
+    assert sched is not None
+    rt = sched.rt
+    tokens = rt.tokenize("The museum opens at nine", add_special=True)
+
+    def decode(rows: int) -> int:
+        # The worker is idle (nothing submitted), so the runtime can be driven from here.
+        rt.lib.llama_memory_clear(rt.memory, True)
+        at = 0
+        for pos, token in enumerate(tokens[:rows]):
+            at = rt.add_one(at, token, pos, 0)
+        return rt.decode()
+
+    assert decode(rt.n_outputs_max + 1) == native.TOO_MANY_OUTPUTS
+    assert decode(rt.n_outputs_max) == 0  # the next batch is counted afresh
+    _, last = asyncio.run(collect(engine, completion("The capital of France is", max_tokens=4)))
+    assert last.finish_reason is not None and last.finish_reason.value == "length"
