@@ -169,3 +169,45 @@ def test_a_batch_with_more_logits_rows_than_slots_is_refused_not_an_abort(make_e
     assert decode(rt.n_outputs_max) == 0  # the next batch is counted afresh
     _, last = asyncio.run(collect(engine, completion("The capital of France is", max_tokens=4)))
     assert last.finish_reason is not None and last.finish_reason.value == "length"
+
+
+def test_a_real_decode_failure_fails_the_batch_alone_and_the_engine_recovers(make_engine: MakeEngine,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(parallel=2)
+    add_one = Runtime.add_one
+    armed = [False]
+
+    def poisoned(self: Runtime, at: int, token: int, pos: int, seq: int) -> int:
+        if armed[0]:
+            armed[0] = False
+            token = self.n_vocab + 7  # llama_decode itself rejects the batch: "invalid token"
+        return add_one(self, at, token, pos, seq)
+
+    monkeypatch.setattr(Runtime, "add_one", poisoned)
+
+    async def scenario() -> list[object]:
+        streams = [engine.generate(completion(f"Count to ten, take {i}:", max_tokens=100)) for i in range(2)]
+        for stream in streams:
+            await stream.__anext__()  # both generating
+        before = engine.status()
+        armed[0] = True
+        results: list[object] = []
+        for stream in streams:
+            try:
+                async for _ in stream:
+                    pass
+                results.append("finished")
+            except EngineError as exc:
+                results.append(exc)
+        after = engine.status()
+        assert after.slots_busy == 0 and after.queue_depth == 0
+        for name in ("prompt_tokens_evaluated_total", "completion_tokens_total", "cached_prompt_tokens_total"):
+            assert getattr(after, name) >= getattr(before, name), name
+        _, last = await collect(engine, completion("The capital of France is", max_tokens=4))
+        assert last.finish_reason is not None and last.finish_reason.value == "length"
+        return results
+
+    results = asyncio.run(scenario())
+    errors = [r for r in results if isinstance(r, EngineError)]
+    assert len(errors) == 2 and errors[0] is not errors[1], results
+    assert all("failed to decode" in str(e) for e in errors)
