@@ -5,7 +5,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.errors import ConvertError, DependencyMissing
+from edge_runtime.errors import ConvertError
+from edge_runtime.extras import optional_import
 
 # Only what conversion reads; never *.bin, consolidated.* (Mistral's duplicate format) or optimizer states.
 ALLOW_PATTERNS = (
@@ -36,11 +37,10 @@ def resolve(src: str, revision: str | None = None) -> Source:
         return Source(path.resolve())
     if not _REPO_ID.match(src):
         raise ConvertError(f"{src}: no such folder, and not a Hugging Face repo id (org/name)")
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-    except ImportError as exc:
-        raise DependencyMissing("huggingface-hub", extra="convert") from exc
+    # The names below are typed imports; this says in one line which extra to install if the hub is missing.
+    optional_import("huggingface_hub", what="huggingface-hub", extra="convert")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
     try:
         folder = Path(snapshot_download(repo_id=src, revision=revision, allow_patterns=list(ALLOW_PATTERNS)))
     except LocalEntryNotFoundError as exc:

@@ -10,7 +10,8 @@ from typing import Any
 
 import gguf
 
-from edge_runtime.errors import ConvertError, DependencyMissing
+from edge_runtime.errors import ConvertError
+from edge_runtime.extras import optional_import
 
 from .arch import Model
 
@@ -144,11 +145,8 @@ def _bpe_vocab(model: Model, vocab_size: int) -> Vocab:
 
 
 def _sentencepiece(path: Path) -> Any:
-    try:
-        from sentencepiece import SentencePieceProcessor
-    except ImportError as exc:
-        raise DependencyMissing("sentencepiece (needed for tokenizer.model)", extra="convert") from exc
-    processor = SentencePieceProcessor()
+    sentencepiece = optional_import("sentencepiece", what="sentencepiece (needed for tokenizer.model)")
+    processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromFile(str(path))
     except (OSError, RuntimeError) as exc:

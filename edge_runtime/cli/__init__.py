@@ -14,6 +14,7 @@ import click
 from .. import __version__
 from ..config import Settings, load
 from ..errors import ClawdError, DependencyMissing
+from ..extras import EXTRA_OF_MODULE
 
 # name -> "module:attribute"; a command whose module is absent (e.g. the converter on a device) is not listed.
 COMMANDS: dict[str, str] = {
@@ -27,14 +28,6 @@ COMMANDS: dict[str, str] = {
     "ocr": "edge_runtime.cli.ocr:ocr",
     "kiosk": "edge_runtime.cli.kiosk:kiosk",
     "convert": "convert.cli:convert",
-}
-
-# Third-party modules of the optional extras: a command that needs one that is missing says which extra to install.
-EXTRA_OF_MODULE: dict[str, str] = {
-    "fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "starlette": "server",
-    "pydantic": "server", "sounddevice": "voice", "vosk": "voice", "pocketsphinx": "voice", "multipart": "voice",
-    "pytesseract": "ocr", "cv2": "ocr", "PIL": "ocr", "sentencepiece": "convert", "tqdm": "convert",
-    "piper": "piper",
 }
 
 
@@ -83,6 +76,7 @@ class LazyGroup(click.Group):
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except ModuleNotFoundError as exc:
+            # A command module importing an extra's package at its top (fastapi for serve): the extra to install.
             extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
             if extra is None:
                 raise

@@ -17,7 +17,7 @@ from ..cpu import guard
 from ..cpu.build import installed as installed_build
 from ..cpu.features import read_cpu
 from ..cpu.profiles import PROFILES, best
-from ..errors import ClawdError
+from ..errors import ClawdError, DependencyMissing
 from ..store import resolve_model
 from . import state
 
@@ -99,10 +99,12 @@ def _espeak() -> str:
 
 
 def _audio_devices() -> str:
+    from ..voice.sources import import_sounddevice
+
     try:
-        import sounddevice as sd
-    except (ImportError, OSError) as exc:
-        return f"unavailable ({exc}; pip install 'clawd-edge[voice]', apt-get install libportaudio2)"
+        sd = import_sounddevice()
+    except DependencyMissing as exc:  # doctor reports what is missing, it does not stop at it
+        return f"unavailable: {exc}"
     try:
         devices = sd.query_devices()
     except Exception as exc:  # noqa: BLE001 - PortAudio errors vary by host; doctor reports, never fails

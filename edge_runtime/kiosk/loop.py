@@ -8,13 +8,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..engine.types import ChatMessage, Engine, GenerationRequest, SamplingParams
 from ..errors import ClawdError, UsageError
+from ..threads import ThreadFeed
 from .audio import TimedPlayer, TimedSource
 from .history import Conversation
 from .options import KioskOptions
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from ..voice.speaker import Speaker
 
 log = logging.getLogger(__name__)
-_JOIN_TIMEOUT = 5.0
 
 
 class State(str, enum.Enum):
@@ -86,8 +86,7 @@ class Kiosk:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: asyncio.Task[TurnRecord] | None = None
         self._speech_start: float | None = None
-        self._threads: list[threading.Thread] = []
-        self._sources: list[TimedSource] = []
+        self._feeds: list[ThreadFeed[KioskInput]] = []
 
     # --- state ------------------------------------------------------------------------------------
     def _set_state(self, state: State, record: TurnRecord | None = None) -> None:
@@ -110,33 +109,29 @@ class Kiosk:
                 loop.call_soon_threadsafe(self._inputs.put_nowait, item)
 
     def listen(self, source_spec: str | None = None) -> None:
-        """Start recognising speech from the voice module's input (or `source_spec`) in a thread."""
+        """Start recognising speech from the voice module's input (or `source_spec`) in a thread; call it from the
+        event loop that will run()."""
         if self.voice is None:
             raise UsageError("listening needs the voice module (modules.voice)")
         voice = self.voice
         source = TimedSource(voice.open_source(source_spec), threshold=self.options.vad_threshold,
                              realtime=self.options.realtime_input)
 
-        def run() -> None:
-            try:
-                for text in voice.listen(source, on_speech=self._heard_speech):  # type: ignore[arg-type]
-                    marks = {"transcript": time.time()}
-                    end = source.last_voiced()
-                    if end is not None:
-                        marks["end_of_speech"] = end
-                    if self._speech_start is not None:
-                        marks["speech_start"] = self._speech_start
-                        self._speech_start = None
-                    self.submit(KioskInput(text, "voice", marks=marks))
-            except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the event loop
-                self.submit(exc)
-            finally:
-                self.submit(None)
+        def heard(cancel: threading.Event) -> Iterator[KioskInput]:
+            for text in voice.listen(source, on_speech=self._heard_speech, cancel=cancel):  # type: ignore[arg-type]
+                marks = {"transcript": time.time()}
+                end = source.last_voiced()
+                if end is not None:
+                    marks["end_of_speech"] = end
+                if self._speech_start is not None:
+                    marks["speech_start"] = self._speech_start
+                    self._speech_start = None
+                yield KioskInput(text, "voice", marks=marks)
 
-        thread = threading.Thread(target=run, name="kiosk-listen", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        self._sources.append(source)
+        feed = ThreadFeed("kiosk-listen", f"recognising speech from {source_spec or voice.options.input}", heard,
+                          self.submit, stop=source.close)
+        feed.start()
+        self._feeds.append(feed)
 
     def _heard_speech(self) -> None:
         """Audio thread: someone started talking. Barge-in: stop the reply and drop the rest of the turn."""
@@ -183,13 +178,11 @@ class Kiosk:
             await self.close()
 
     async def close(self) -> None:
-        for source in self._sources:
-            source.close()
+        """Stop listening and speaking. A listener thread that would not stop is logged and kept in `_feeds`."""
         if self.speaker is not None:
             self.speaker.stop()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, _JOIN_TIMEOUT)
-        self._threads = []
+        stopped = await asyncio.gather(*(feed.close() for feed in self._feeds))
+        self._feeds = [feed for feed, done in zip(self._feeds, stopped, strict=True) if not done]
 
     def _wants_read(self, item: KioskInput) -> tuple[bool, str]:
         """(read the camera?, the question that goes with it)."""

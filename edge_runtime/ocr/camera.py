@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, DependencyMissing, OcrError
+from ..errors import ConfigError, OcrError
+from ..extras import optional_import
 from .settings import OcrSettings
 
 if TYPE_CHECKING:
@@ -62,11 +63,7 @@ def parse_camera(uri: str, *, key: str = "modules.ocr.camera") -> CameraSource:
 
 def import_cv2() -> Any:
     """OpenCV, imported only when a frame or an image is actually processed."""
-    try:
-        import cv2
-    except ImportError:
-        raise DependencyMissing("OpenCV (Python package opencv-python-headless)", extra="ocr") from None
-    return cv2
+    return optional_import("cv2", what="OpenCV (Python package opencv-python-headless)")
 
 
 class Camera:

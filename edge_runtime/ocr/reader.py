@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DependencyMissing, InvalidRequest, OcrError
+from ..extras import optional_import
 from .camera import import_cv2
 from .preprocess import MAX_SIDE, Prepared, prepare
 from .settings import OcrSettings
@@ -115,11 +116,7 @@ def load_image(path: str, max_pixels: int) -> NDArray[np.uint8]:
 
 
 def _import_pytesseract() -> Any:
-    try:
-        import pytesseract
-    except ImportError:
-        raise DependencyMissing("pytesseract (Python package)", extra="ocr") from None
-    return pytesseract
+    return optional_import("pytesseract", what="pytesseract (Python package)")
 
 
 class Reader:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
 import threading
@@ -11,6 +10,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import AudioError, ConfigError, DependencyMissing, RegistryError
+from ..threads import ThreadFeed
 from .limits import RecognitionLimiter
 from .options import PREFIX, VoiceOptions, parse_options
 from .player import Player
@@ -21,7 +21,6 @@ from .stt_models import SttModel, create_engine, default_stt_model, identify, re
 from .tts import PIPER, TTS, create_tts
 
 log = logging.getLogger(__name__)
-_JOIN_TIMEOUT = 5.0
 _CANCEL_TIMEOUT = 2.0  # a cancelled transcription stops within one chunk (tens of ms); this bounds a stuck one
 
 
@@ -87,12 +86,16 @@ class VoiceModule:
         return source
 
     def listen(self, source: AudioSource | None = None, *, grammar: Sequence[str] | None = None,
-               on_speech: Callable[[], None] | None = None) -> Iterator[str]:
-        """Final transcripts from `source` (default: the configured input), blocking, wake-gated."""
+               on_speech: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Final transcripts from `source` (default: the configured input), blocking, wake-gated.
+
+        Once `cancel` is set, recognition stops at its next chunk (AudioError) instead of waiting for a turn of
+        the limiter behind uploads or decoding the rest of the utterance.
+        """
         source = source or self.open_source()
         recognizer = self.stt().recognizer(grammar if grammar is not None else self.grammar())
         try:
-            yield from finals(source.chunks(), self.limiter.gated(recognizer), wake=self.wake_gate(),
+            yield from finals(source.chunks(), self.limiter.gated(recognizer, cancel), wake=self.wake_gate(),
                               on_speech=on_speech)
         finally:
             recognizer.close()
@@ -108,34 +111,21 @@ class VoiceModule:
 
     async def transcripts(self, source: AudioSource | None = None) -> AsyncIterator[str]:
         """`listen()` for asyncio code: recognition runs in a thread; new speech stops the reply (barge-in)."""
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        heard_from = self.options.input if source is None else type(source).__name__
         source = source or self.open_source()
         on_speech = self._barge_in if self.options.barge_in else None
-
-        def post(item: str | BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop may already be closed at shutdown
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def run() -> None:
-            try:
-                for text in self.listen(source, on_speech=on_speech):
-                    post(text)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises
-                post(exc)
-            finally:
-                post(None)
-
-        thread = threading.Thread(target=run, name="voice-listen", daemon=True)
-        thread.start()
+        feed = ThreadFeed("voice-listen", f"recognising speech from {heard_from}",
+                          lambda cancel: self.listen(source, on_speech=on_speech, cancel=cancel), queue.put_nowait,
+                          stop=source.close)
+        feed.start()
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            source.close()
-            await asyncio.to_thread(thread.join, _JOIN_TIMEOUT)
+            await feed.close()
 
     # --- audio out ------------------------------------------------------------------------------
     def tts(self) -> TTS:

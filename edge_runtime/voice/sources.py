@@ -12,7 +12,8 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from ..errors import AudioError, DependencyMissing
+from ..errors import AudioError
+from ..extras import optional_import
 from .audio import SAMPLE_RATE, SAMPLE_WIDTH, Resampler, WavDecoder, parse_wav_header
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,7 @@ class AudioSource(Protocol):
 
 
 def import_sounddevice() -> Any:
-    try:
-        import sounddevice
-    except ImportError:
-        raise DependencyMissing("sounddevice", extra="voice") from None
-    except OSError as exc:  # the module is there but libportaudio is not
-        raise DependencyMissing(f"PortAudio ({exc})", extra="voice", package="libportaudio2") from None
-    return sounddevice
+    return optional_import("sounddevice", library="libportaudio2")
 
 
 def native_rate(sd: Any, index: int | None, kind: str) -> int:

@@ -7,19 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import AudioError, DependencyMissing
+from ..errors import AudioError
+from ..extras import optional_import
 from .audio import SAMPLE_RATE
 from .stt import Transcript, normalize
 
 DEFAULT_ENDPOINT_WINDOW = 0.3  # seconds of (mostly) non-speech that end an utterance
-
-
-def _import_pocketsphinx() -> Any:
-    try:
-        import pocketsphinx
-    except ImportError:
-        raise DependencyMissing("pocketsphinx", extra="voice") from None
-    return pocketsphinx
 
 
 class _PooledDecoder:
@@ -34,7 +27,7 @@ class SphinxRecognizer:
     """Endpointer (WebRTC-style VAD) cuts utterances; the decoder only sees speech."""
 
     def __init__(self, engine: SphinxEngine, pooled: _PooledDecoder, window: float) -> None:
-        ps = _import_pocketsphinx()
+        ps = optional_import("pocketsphinx")
         self.sample_rate = SAMPLE_RATE
         self._engine = engine
         self._pooled: _PooledDecoder | None = pooled
@@ -122,7 +115,7 @@ class SphinxEngine:
         self._lock = threading.Lock()
 
     def _new_decoder(self) -> _PooledDecoder:
-        ps = _import_pocketsphinx()
+        ps = optional_import("pocketsphinx")
         kwargs: dict[str, Any] = {"samprate": SAMPLE_RATE, "loglevel": "FATAL"}
         if self.model_dir is not None:
             kwargs["hmm"] = str(self.model_dir)

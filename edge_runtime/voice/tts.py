@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import AudioError, DependencyMissing
+from ..extras import optional_import
 from .audio import Audio, decode_wav
 
 ESPEAK = "espeak"
@@ -167,14 +168,11 @@ class PiperTTS:
     def _load(self) -> Any:
         with self._lock:
             if self._voice is None:
-                try:
-                    from piper import PiperVoice
-                except ImportError:
-                    raise DependencyMissing("piper-tts", extra="piper") from None
+                piper = optional_import("piper", what="piper-tts")
                 config = self.model_path.with_name(self.model_path.name + ".json")
                 try:
-                    self._voice = PiperVoice.load(str(self.model_path),
-                                                  config_path=str(config) if config.is_file() else None)
+                    self._voice = piper.PiperVoice.load(str(self.model_path),
+                                                        config_path=str(config) if config.is_file() else None)
                 except Exception as exc:  # noqa: BLE001 - onnxruntime/json raise many types for a bad voice
                     raise AudioError(f"{self.model_path}: Piper could not load the voice ({exc})") from None
             return self._voice

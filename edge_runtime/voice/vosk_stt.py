@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AudioError, DependencyMissing
+from ..errors import AudioError
+from ..extras import optional_import
 from .audio import SAMPLE_RATE
 from .stt import Transcript
 
@@ -27,14 +28,6 @@ LEAD_SILENCE = b"\0\0" * (SAMPLE_RATE * 3 // 10)
 # depends on the audio alone.
 DITHER_OFF = "--dither=0"
 DITHER_SEED = 20240611
-
-
-def _import_vosk() -> Any:
-    try:
-        import vosk
-    except ImportError:
-        raise DependencyMissing("vosk", extra="voice") from None
-    return vosk
 
 
 class VoskRecognizer:
@@ -97,7 +90,7 @@ class VoskEngine:
         with self._lock:
             if self._model is not None:
                 return
-            vosk = _import_vosk()
+            vosk = optional_import("vosk")
             if not (self.model_dir / "am").is_dir() and not (self.model_dir / "conf").is_dir():
                 raise AudioError(f"{self.model_dir}: not a Vosk model directory (no am/ or conf/ inside)")
             vosk.SetLogLevel(-1)
@@ -146,7 +139,7 @@ class VoskEngine:
 
     def recognizer(self, grammar: Sequence[str] | None = None) -> VoskRecognizer:
         self.load()
-        vosk = _import_vosk()
+        vosk = optional_import("vosk")
         if grammar is None:
             return VoskRecognizer(vosk.KaldiRecognizer(self._model, SAMPLE_RATE), dither=self._dither)
         missing = self.check_grammar(grammar)

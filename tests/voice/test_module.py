@@ -1,6 +1,7 @@
 """The plugin factory and its options, model resolution through the registry, wake gate, sentence splitter."""
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 
 from edge_runtime import config
 from edge_runtime.config import Settings
-from edge_runtime.errors import AudioError, ConfigError, RegistryError
+from edge_runtime.errors import AudioError, ConfigError, DependencyMissing, RegistryError
 from edge_runtime.modules import enabled_modules
 from edge_runtime.voice.audio import Audio
 from edge_runtime.voice.module import VoiceModule, create
@@ -147,3 +148,14 @@ def test_sentence_splitter_waits_for_the_next_character_and_cuts_run_ons() -> No
     pieces = splitter.feed(long)
     assert pieces and all(len(p) <= 40 for p in pieces)
     assert SentenceSplitter().feed("line one\nline two") == ["line one"]
+
+
+def test_vosk_installed_without_its_dependencies_is_not_called_missing(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    """vosk's wheel installed with --no-deps: `import vosk` fails at its `import srt`; vosk itself is there."""
+    monkeypatch.delitem(sys.modules, "vosk", raising=False)  # imported afresh, as in a new process
+    monkeypatch.setitem(sys.modules, "srt", None)  # vosk's third line, `import srt`, fails; nothing ran before it
+    with pytest.raises(DependencyMissing) as caught:
+        VoskEngine(tmp_path).load()
+    assert str(caught.value) == ("srt, which vosk needs, is not installed "
+                                 "(install with: pip install 'clawd-edge[voice]')")
