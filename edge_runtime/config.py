@@ -75,6 +75,10 @@ class ServerSettings:
     read_timeout: float = 10.0
     keep_alive_timeout: float = 5.0
     max_connections: int = 256
+    # The daemon serves one model. llama-server and llama-cpp-python's server answer any `model` with it, and
+    # many OpenAI apps send a fixed name (gpt-4o-mini) they cannot change, so an unknown name gets the loaded
+    # model (the response's `model` says which); true answers 404 model_not_found to any other name instead.
+    strict_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,10 @@ def _str() -> tuple[Any, str]:
     return (lambda v: isinstance(v, str) and v != ""), "a non-empty string"
 
 
+def _bool() -> tuple[Any, str]:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
 def _choice(*options: str) -> tuple[Any, str]:
     return (lambda v: v in options), "one of " + ", ".join(options)
 
@@ -168,7 +176,7 @@ _TOP_LEVEL: dict[str, tuple[Any, str]] = {
     "keep_alive": _float(0),
     "chat_template": _str(),
     "system_prompt": _str(),
-    "parse_special_in_messages": (lambda v: isinstance(v, bool), "true or false"),
+    "parse_special_in_messages": _bool(),
 }
 _SERVER: dict[str, tuple[Any, str]] = {
     "host": _str(),
@@ -180,6 +188,7 @@ _SERVER: dict[str, tuple[Any, str]] = {
     "read_timeout": _float(0.1),
     "keep_alive_timeout": _float(0.1),
     "max_connections": _int(1, 1 << 20),
+    "strict_model": _bool(),
 }
 _SERVER_SECONDS = {"shutdown_timeout", "read_timeout", "keep_alive_timeout"}
 _NULLABLE = {"registry", "context", "memory_budget", "chat_template", "system_prompt", "api_key"}

@@ -36,7 +36,9 @@ class Module(Protocol):
     async def stop(self) -> None: ...
 
 
-# A factory validates its own options (raising ConfigError naming `modules.<name>.<key>`) and builds the module.
+# A factory validates its own options (raising ConfigError naming `modules.<name>.<key>`) and builds the module
+# without loading anything: `serve` calls it before taking the port and loading the LLM, so a typo fails in a
+# fraction of a second; models, devices and programs are loaded or checked by start().
 ModuleFactory = Callable[[Mapping[str, Any], Settings], Module]
 
 
@@ -70,7 +72,7 @@ async def stop_modules(modules: Sequence[Module], log: logging.Logger) -> None:
 
 
 def enabled_modules(settings: Settings) -> list[Module]:
-    """Build each module enabled in `settings.modules`; unknown names are config errors."""
+    """Build (validate, not start) each module enabled in `settings.modules`; unknown names are config errors."""
     specs = available_modules()
     built: list[Module] = []
     for name, module_settings in settings.modules.items():

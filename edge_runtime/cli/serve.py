@@ -21,16 +21,23 @@ log = logging.getLogger("edge_runtime.serve")
 
 
 async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) -> None:
-    from edge_runtime.engine import create_engine
     from edge_runtime.kiosk.service import KioskService, build_parts, daemon_kiosk_options
     from edge_runtime.modules import enabled_modules
+
+    # Configuration errors (the kiosk section, modules) fail before the port is taken or the model loaded: a typo
+    # in modules.voice.* is one line in a fraction of a second, not after a model load. Building a module only
+    # validates its options (its start() loads models), so nothing here needs closing if a later step fails.
+    kiosk_options = daemon_kiosk_options(settings, kiosk_flag)
+    modules = enabled_modules(settings)
+    # An enabled voice/ocr module is shared with the kiosk (one speech model); otherwise it builds its own.
+    parts = build_parts(settings, kiosk_options, running=modules) if kiosk_options.enabled else None
+    # The web stack (FastAPI, uvicorn: a third of a second to import) only once the configuration is known good.
+    from edge_runtime.engine import create_engine
     from edge_runtime.server import create_app
     from edge_runtime.server.runner import bind, serve
     from edge_runtime.store import resolve_model
 
-    # Configuration errors (the kiosk section, modules) fail before the port is taken or the model loaded.
-    kiosk_options = daemon_kiosk_options(settings, kiosk_flag)
-    # Bind first: a taken port fails in milliseconds, not after loading the model.
+    # Bind next: a taken port fails in milliseconds, not after loading the model.
     sock = bind(settings.server.host, settings.server.port)
     engine: Engine | None = None
     try:
@@ -52,13 +59,8 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
         if settings.keep_alive != 0:  # keep_alive 0 means "load on demand": nothing to wait for
             await wait_ready(engine)
         log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
-        modules = enabled_modules(settings)
-        kiosk = None
-        if kiosk_options.enabled:
-            # Same process, same engine: one model in RAM, the kiosk's turns take slots like HTTP requests do;
-            # an enabled voice/ocr module is shared with it (one speech model).
-            parts = build_parts(settings, kiosk_options, running=modules)
-            kiosk = KioskService(settings, engine, parts, notify=notifier.status)
+        # Same process, same engine: one model in RAM, the kiosk's turns take slots like HTTP requests do.
+        kiosk = KioskService(settings, engine, parts, notify=notifier.status) if parts is not None else None
         app = create_app(settings, engine, modules, kiosk)
     except BaseException:
         sock.close()

@@ -73,13 +73,16 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
     for router in module_routers:
         app.include_router(router)
 
-    @app.get("/health", responses={503: {"description": "Model loading, unloaded or failed"}})
+    @app.get("/health", responses={503: {"description": "Model loading or failed"}})
     def health() -> JSONResponse:
-        """200 when the model is loaded and ready; 503 with the engine's reason otherwise (no API key needed)."""
+        """200 when the model is ready or idle-unloaded; 503 with the engine's reason while loading or failed (no
+        API key needed)."""
         s = engine.status()
-        ready = s.state == EngineState.READY
+        # Unloaded is healthy: the next request reloads the model in well under a second (mmap), so a load
+        # balancer must not drop the board for having been idle for keep_alive seconds.
+        healthy = s.state in (EngineState.READY, EngineState.UNLOADED)
         body: dict[str, Any] = {
-            "status": "ok" if ready else "unavailable", "state": s.state.value, "reason": s.reason,
+            "status": "ok" if healthy else "unavailable", "state": s.state.value, "reason": s.reason,
             "model": s.model, "slots_total": s.slots_total, "slots_busy": s.slots_busy,
             "queue_depth": s.queue_depth,
         }
@@ -87,10 +90,10 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
             # Reported, not part of the status: a kiosk without a microphone must not make load balancers or
             # Home Assistant drop a working LLM API (and a restart would not bring the microphone back).
             body["kiosk"] = kiosk.snapshot()
-        if not ready:
+        if not healthy:
             body["error"] = {"message": f"model {s.state.value}: {s.reason}", "type": "server_error",
                              "param": None, "code": f"model_{s.state.value}"}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", response_class=Response)
     def prometheus_metrics() -> Response:

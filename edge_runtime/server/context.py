@@ -39,9 +39,15 @@ class AppContext:
         return [(e, store.path_for(e)) for e in store.registry.entries if e.kind == "llm"]
 
     def resolve(self, requested: str | None) -> str:
-        """The served model id if `requested` names it (id, alias, configured name or file), else 404."""
+        """The served model id: for any `requested` name by default; with server.strict_model only for one of the
+        served model's names (id, alias, configured name or file), else RegistryError (404 model_not_found).
+
+        `requested` is only ever compared with names, never made into a path, so it cannot reach the file system.
+        """
         served = self.model_id
-        if requested is None or requested == "":
+        if not requested or not self.settings.server.strict_model:
+            # One model is served: a client's fixed name (gpt-4o-mini, "default") or another registry model gets
+            # this one, as from llama-server; the response's `model` tells the client which it got.
             return served
         wanted = requested.casefold()
         configured = self.settings.model_path
@@ -52,7 +58,7 @@ class AppContext:
             if entry.name == served and wanted in {entry.name.casefold(), *(a.casefold() for a in entry.aliases)}:
                 return served
         raise RegistryError(f"model {requested!r} is not served here; this daemon serves {served!r} "
-                            "(start it with --model to serve another)")
+                            "(server.strict_model is true; start it with --model to serve another)")
 
     def models(self) -> list[dict[str, Any]]:
         """The loaded model first, then every LLM in the registry (pulled or not)."""

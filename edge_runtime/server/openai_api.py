@@ -39,7 +39,7 @@ def openai_router(ctx: AppContext) -> APIRouter:
     router = APIRouter(prefix="/v1")
     error_responses: dict[int | str, dict[str, Any]] = {
         400: {"description": "Invalid request (OpenAI error body)"},
-        404: {"description": "Unknown model"},
+        404: {"description": "Unknown model (only with server.strict_model: true)"},
         503: {"description": "Server busy; retry after Retry-After seconds"},
     }
 

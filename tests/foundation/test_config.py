@@ -34,7 +34,8 @@ context: 16384
 memory_budget: 1.5GiB
 kv_cache_type: q8_0
 keep_alive: 0
-server: {host: 0.0.0.0, port: 9000, api_key: s3cret, max_request_bytes: 64KiB, cors_origins: ["http://a"]}
+server: {host: 0.0.0.0, port: 9000, api_key: s3cret, max_request_bytes: 64KiB, cors_origins: ["http://a"],
+         strict_model: true}
 modules:
   voice: {enabled: true, stt: vosk}
   ocr: false
@@ -43,7 +44,7 @@ modules:
     assert (s.threads, s.parallel, s.total_context) == (2, 8, 16384)
     assert s.memory_budget == int(1.5 * 1024**3)
     assert s.server.port == 9000 and s.server.max_request_bytes == 64 * 1024
-    assert s.server.cors_origins == ("http://a",)
+    assert s.server.cors_origins == ("http://a",) and s.server.strict_model
     assert s.modules["voice"].enabled and s.modules["voice"].options["stt"] == "vosk"
     assert not s.modules["ocr"].enabled
 
@@ -67,6 +68,7 @@ def test_env_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ("memory_budget: lots\n", "memory_budget", "not a size"),
     ("server: {prot: 1}\n", "server.prot", "unknown key"),
     ("server: {port: 70000}\n", "server.port", "<= 65535"),
+    ("server: {strict_model: 'yes'}\n", "server.strict_model", "true or false"),
     ("modules: {voice: {enabled: maybe}}\n", "modules.voice.enabled", "true or false"),
 ])
 def test_errors_name_key_value_and_allowed(tmp_path: Path, text: str, key: str, fragment: str) -> None:

@@ -71,6 +71,18 @@ class Daemon:
             except TimeoutError:
                 continue
 
+    def drain(self) -> None:
+        """Read every datagram queued on the notify socket now. It holds only net.unix.max_dgram_qlen (often 10)
+        of them: unread watchdog pings (two a second) would make the daemon drop the next state change."""
+        self.notify.setblocking(False)
+        try:
+            while True:
+                self.notifications.append(self.notify.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.notify.setblocking(True)
+
     def metrics(self) -> dict[str, float]:
         """Samples by name (labels appended as {k=v,...}), parsed with prometheus-client's own parser."""
         from prometheus_client.parser import text_string_to_metric_families

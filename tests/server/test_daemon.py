@@ -6,13 +6,14 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from .conftest import API_KEY, SERVER_MAX_TOKENS, SLOT_CONTEXT, Daemon
+from .conftest import API_KEY, SERVER_MAX_TOKENS, SLOT_CONTEXT, Daemon, start_daemon
 
 COUNTING = "1, 2, 3, 4, 5, 6,"  # SmolLM2 keeps counting: a long, deterministic stream
 
@@ -190,8 +191,6 @@ def test_bad_requests_get_openai_errors_and_the_daemon_keeps_serving(daemon: Dae
         _assert_openai_error(client.post(chat, json={"messages": user, "max_tokens": "ten"}), 400, "max_tokens")
         _assert_openai_error(client.post(chat, json={"messages": "hi"}), 400, "messages")
         _assert_openai_error(client.post(chat, json={"messages": user, "temperature": [1]}), 400, "temperature")
-        _assert_openai_error(client.post(chat, json={"model": "gpt-4o", "messages": user}), 404, "model",
-                             "model_not_found")
         too_long = [{"role": "user", "content": "word " * (SLOT_CONTEXT + 50)}]
         _assert_openai_error(client.post(chat, json={"messages": too_long, "stream": True}), 400, "messages")
         _assert_openai_error(client.post(chat, json={"messages": user, "max_tokens": SERVER_MAX_TOKENS + 1}),
@@ -238,6 +237,45 @@ def test_models_lists_the_served_model_first_then_the_registry(daemon: Daemon) -
     with daemon.client() as client:
         assert client.get(f"/v1/models/{daemon.model}").json()["id"] == daemon.model
         _assert_openai_error(client.get("/v1/models/nope"), 404, code="model_not_found")
+
+
+# A fixed name an OpenAI app sends, a load tool's "default", a registry model that is not the loaded one, and a
+# path: each is answered by the loaded model (llama-server does the same), and a name never reaches the disk.
+OTHER_NAMES = ("gpt-4o-mini", "default", "gemma3-270m-q4_k_m", "../../../../etc/passwd")
+
+
+@pytest.mark.parametrize("name", OTHER_NAMES)
+def test_any_model_name_is_answered_by_the_loaded_model(daemon: Daemon, name: str) -> None:
+    reply = _openai(daemon).chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=2)
+    assert reply.model == daemon.model and reply.choices[0].message.content
+    with daemon.client() as client:
+        stream = client.post("/v1/completions", json={"model": name, "prompt": COUNTING, "max_tokens": 2,
+                                                      "stream": True})
+    assert stream.status_code == 200, stream.text
+    events = [json.loads(line[6:]) for line in stream.text.splitlines()
+              if line.startswith("data: {")]
+    assert events and {event["model"] for event in events} == {daemon.model}
+
+
+def test_strict_model_refuses_every_other_name_with_404(smollm2_path: Path, tmp_path: Path) -> None:
+    strict = start_daemon(tmp_path, smollm2_path, api_key=None,
+                          extra={"server": {"strict_model": True, "max_tokens": 8}})
+    try:
+        user = [{"role": "user", "content": "Hi"}]
+        with strict.client() as client:
+            for name in OTHER_NAMES:
+                for route, body in (("/v1/chat/completions", {"messages": user}), ("/v1/completions",
+                                                                                    {"prompt": "Hi"})):
+                    error = _assert_openai_error(client.post(route, json={"model": name, **body}), 404, "model",
+                                                 "model_not_found")
+                    assert f"this daemon serves {strict.model!r}" in error["message"], error
+            # Its own names still work: the id, any case, the file name it was started with.
+            for name in (strict.model, strict.model.upper(), smollm2_path.name):
+                reply = client.post("/v1/chat/completions", json={"model": name, "messages": user, "max_tokens": 2})
+                assert reply.status_code == 200 and reply.json()["model"] == strict.model, reply.text
+    finally:
+        assert strict.terminate() == 0, strict.log()
 
 
 def test_metrics_parse_and_count_requests_tokens_and_latency(daemon: Daemon) -> None:
