@@ -35,6 +35,17 @@ class SSEResponse(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
+def _links(pointer: str) -> dict[str, Any]:
+    """OpenAPI links from a model in this response to the routes that take a model: clients can follow them, and
+    schemathesis' stateful runs chain the calls (list -> get -> chat/complete) with real ids."""
+    model = "$response.body" + pointer
+    return {"description": "Successful Response", "links": {
+        "GetModel": {"operationId": "get_model", "parameters": {"model_id": model}},
+        "ChatWithModel": {"operationId": "chat_completions", "requestBody": {"model": model}},
+        "CompleteWithModel": {"operationId": "completions", "requestBody": {"model": model}},
+    }}
+
+
 def openai_router(ctx: AppContext) -> APIRouter:
     router = APIRouter(prefix="/v1")
     error_responses: dict[int | str, dict[str, Any]] = {
@@ -60,26 +71,27 @@ def openai_router(ctx: AppContext) -> APIRouter:
             record.error = "client_disconnected"
             return Response(status_code=CLIENT_CLOSED)
 
-    @router.post("/chat/completions", response_model=None, responses=error_responses)
+    @router.post("/chat/completions", response_model=None, responses=error_responses, operation_id="chat_completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         """Chat completion (OpenAI shape); `stream: true` answers with server-sent events."""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await run(request, body.model, body.stream, include_usage, chat_request(body, ctx.settings),
                          chat=True)
 
-    @router.post("/completions", response_model=None, responses=error_responses)
+    @router.post("/completions", response_model=None, responses=error_responses, operation_id="completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
         """Text completion of a raw prompt (no chat template)."""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await run(request, body.model, body.stream, include_usage,
                          completion_request(body, ctx.settings), chat=False)
 
-    @router.get("/models")
+    @router.get("/models", operation_id="list_models", responses={200: _links("#/data/0/id")})
     def list_models() -> dict[str, Any]:
         """The served model and every LLM in the registry (`loaded: false` ones need a restart with --model)."""
         return {"object": "list", "data": ctx.models()}
 
-    @router.get("/models/{model_id}", responses={404: {"description": "Unknown model"}})
+    @router.get("/models/{model_id}", operation_id="get_model",
+                responses={200: _links("#/id"), 404: {"description": "Unknown model"}})
     def get_model(model_id: str) -> dict[str, Any]:
         for entry in ctx.models():
             if entry["id"] == model_id or model_id in entry.get("aliases", ()):

@@ -40,3 +40,30 @@ def test_no_input_causes_a_server_error(case: Any, daemon: Daemon) -> None:
     case.body = _bounded(case.body)
     case.call_and_validate(base_url=daemon.url, headers=daemon.headers, checks=[not_a_server_error],
                            timeout=180)
+
+
+def test_stateful_chains_of_calls_never_cause_a_server_error(openapi_schema: Any, daemon: Daemon) -> None:
+    """Schemathesis follows the schema's OpenAPI links (list models -> get one -> chat / complete with its id)."""
+    from schemathesis.checks import not_a_server_error as no_5xx
+
+    base = openapi_schema.as_state_machine()
+    assert base.bundles, "the schema has no OpenAPI links to follow"
+    found: list[str] = []
+
+    class Machine(base):  # type: ignore[misc, valid-type]
+        def before_call(self, case: Any) -> None:
+            case.body = _bounded(case.body)
+
+        def after_call(self, response: Any, case: Any) -> None:
+            if case.operation.path == "/v1/models/{model_id}" and response.status_code == 200:
+                found.append(case.path_parameters["model_id"])  # a real id: only a followed link gives one
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": daemon.url, "headers": daemon.headers, "timeout": 180}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = (), **kwargs: Any) -> None:
+            case.validate_response(response, checks=[no_5xx])
+
+    Machine.run(settings=settings(max_examples=10, stateful_step_count=4, deadline=None, derandomize=True,
+                                  suppress_health_check=list(HealthCheck)))
+    assert found, "no chain followed a link from the model list"
