@@ -211,3 +211,56 @@ def test_a_real_decode_failure_fails_the_batch_alone_and_the_engine_recovers(mak
     errors = [r for r in results if isinstance(r, EngineError)]
     assert len(errors) == 2 and errors[0] is not errors[1], results
     assert all("failed to decode" in str(e) for e in errors)
+
+
+def test_no_room_in_the_kv_cache_fails_the_batch_alone(make_engine: MakeEngine,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(parallel=2)
+    decode = Runtime.decode
+    armed = [False]
+
+    def full(self: Runtime) -> int:
+        status = decode(self)
+        if armed[0]:
+            armed[0] = False
+            return 1  # what llama_decode answers when it finds no KV slot for the batch
+        return status
+
+    monkeypatch.setattr(Runtime, "decode", full)
+
+    async def scenario() -> BaseException | None:
+        stream = engine.generate(completion("Count to ten:", max_tokens=100))
+        await stream.__anext__()
+        armed[0] = True
+        try:
+            async for _ in stream:
+                pass
+        except EngineError as exc:
+            return exc
+        return None
+
+    error = asyncio.run(scenario())
+    assert isinstance(error, EngineError) and "status 1" in str(error), error
+    assert engine.status().slots_busy == 0
+    _, last = asyncio.run(collect(engine, completion("The capital of France is", max_tokens=4)))
+    assert last.finish_reason is not None and last.finish_reason.value == "length"
+
+
+def test_a_slow_step_delays_but_changes_nothing(make_engine: MakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    engine = make_engine(parallel=2)
+    expected, _ = asyncio.run(collect(engine, completion("The capital of France is", max_tokens=12)))
+    step = Scheduler.step
+    slow = [3]
+
+    def sluggish(self: Scheduler) -> None:
+        if slow[0] > 0:
+            slow[0] -= 1
+            time.sleep(0.4)  # a board under memory pressure or thermal throttling
+        step(self)
+
+    monkeypatch.setattr(Scheduler, "step", sluggish)
+    text, last = asyncio.run(collect(engine, completion("The capital of France is", max_tokens=12)))
+    assert text == expected and last.finish_reason is not None
+    assert engine.status().state.value == "ready" and engine.status().slots_busy == 0
