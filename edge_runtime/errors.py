@@ -65,6 +65,10 @@ class DownloadError(ClawdError):
     """No source of a model could deliver it."""
 
 
+class StorageError(ClawdError):
+    """A file cannot be written where it belongs (no space left, read-only, no permission)."""
+
+
 class CpuMismatch(ClawdError):
     """The installed llama.cpp build needs an instruction set this CPU lacks (it would die with SIGILL)."""
 

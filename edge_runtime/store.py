@@ -1,6 +1,7 @@
 """The local models dir: pull (temp file, sha256, atomic rename), verify, and resolve a name or path."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -13,9 +14,12 @@ from typing import BinaryIO
 
 from . import fetch
 from .config import Settings
-from .errors import DownloadError, IntegrityError, ModelError
+from .errors import DownloadError, IntegrityError, ModelError, StorageError
 from .gguf_file import inspect
 from .registry import LOCAL_REGISTRY_FILENAME, Registry, RegistryEntry, load_registry
+
+# Write failures of the models directory itself: no other source could do better.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 CHUNK = 1 << 20
 Progress = Callable[[int, "int | None"], None]
@@ -151,6 +155,12 @@ class ModelStore:
                 inspect(tmp)
             tmp.replace(final)
             self._write_stamp(final, digest.hexdigest())
+        except OSError as exc:
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            # Every source would fail the same way: say what to free instead of trying the next one.
+            raise StorageError(f"cannot write {entry.file} into {self.models_dir}: {exc.strerror} "
+                               f"(it needs {entry.size or 'an unknown number of'} bytes)") from None
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -54,8 +54,8 @@ def url_of(sock: socket.socket) -> str:
 class Liveness:
     """Whether the engine still makes progress, from its public status alone.
 
-    Dead: the worker crashed (state FAILED). Hung: slots are busy but none of the engine's progress counters
-    moved for `stall_after` seconds (one decode step takes well under a second for the models we plan).
+    Dead: the worker crashed (`crashed()`, else state FAILED). Hung: slots are busy but none of the engine's
+    progress counters moved for `stall_after` seconds (one decode step takes well under a second for our models).
     An engine may offer its own `alive()`; then that answers.
     """
 
@@ -76,7 +76,10 @@ class Liveness:
         except Exception:
             log.exception("engine liveness check failed")
             return False
-        if s.state == EngineState.FAILED:
+        crashed = getattr(self.engine, "crashed", None)
+        # A failed *load* (say, a truncated model file) leaves the worker running and every request retries the
+        # load, so it is not dead: a restart cannot mend the file and would only make /health unreachable.
+        if (crashed() is not None) if callable(crashed) else s.state == EngineState.FAILED:
             return False
         progress = (s.prompt_tokens_evaluated_total, s.completion_tokens_total, s.requests_finished_total,
                     s.requests_cancelled_total, s.loads_total)

@@ -120,6 +120,11 @@ def test_a_load_failure_fails_every_queued_request_with_its_own_exception(make_e
     errors = asyncio.run(scenario())
     assert len(errors) == 3 and len({id(e) for e in errors}) == 3, errors
     assert all("truncated" in str(e) for e in errors)
+    # The worker lives on and retries the load on the next request: the watchdog must keep pinging (before, it
+    # stopped, and systemd restarted the daemon every 35 s over a file a restart cannot mend).
+    from edge_runtime.server.runner import Liveness
+
+    assert engine.crashed() is None and Liveness(engine)()
 
 
 def test_fresh_copies_an_error_without_calling_its_constructor_again() -> None:
