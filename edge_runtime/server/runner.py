@@ -163,7 +163,8 @@ async def _halt_before_the_bound(server: DaemonServer, engine: Engine, grace: fl
         return
     while not server.should_exit:
         await asyncio.sleep(0.05)
-    await asyncio.sleep(max(0.0, grace - min(1.0, grace / 2)))
+    # Two seconds (half the bound if shorter) leave a loaded board time to write every final event.
+    await asyncio.sleep(max(0.0, grace - min(2.0, grace / 2)))
     log.info("shutdown bound near: ending the answers still running")
     for halt in halts:
         halt()

@@ -32,7 +32,7 @@ WX_LAUNCHER = (sys.executable, "-c",
                f"if ctypes.CDLL(None, use_errno=True).prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0):\n"
                "    sys.exit('PR_SET_MDWE failed: errno %d' % ctypes.get_errno())\n"
                "os.execv(sys.argv[1], sys.argv[1:])\n")
-SHUTDOWN_TIMEOUT = 2
+SHUTDOWN_TIMEOUT = 4
 LONG_STREAM = 2000  # tokens: ~10 s even at 200 tok/s, far beyond the shutdown bound
 
 
