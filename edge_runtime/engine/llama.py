@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
@@ -293,8 +294,7 @@ class LlamaEngine:
             runtime: Runtime = Runtime(self.plan, threads=self._settings.threads, flash_attn=self._flash_attn)
         except ClawdError as exc:
             self._state, self._reason = EngineState.FAILED, f"load failed: {exc}"
-            failure = exc
-            self._fail_queued(lambda: fresh(failure))
+            self._fail_queued(functools.partial(fresh, exc))
             return
         self._load_seconds = time.monotonic() - start
         self._loads += 1
@@ -317,7 +317,7 @@ class LlamaEngine:
     def _fail_everything(self, error: BaseException) -> None:
         if self._sched is not None:
             self._sched.fail_all(error)
-        self._fail_queued(lambda: fresh(error))
+        self._fail_queued(functools.partial(fresh, error))
 
     def _fail_queued(self, error: Callable[[], BaseException]) -> None:
         """Fail every request not yet in a slot with `error()`, and deliver that at once."""

@@ -176,7 +176,6 @@ class Runtime:
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
         self._logits_ith = _raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
                                          ctypes.c_void_p)
-
         self.greedy = GreedyPicker.create(library_dir(lib), self.n_vocab, threads)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._token_addr = _address(self.batch.token)

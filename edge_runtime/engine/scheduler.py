@@ -79,6 +79,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+def _preparation_error(exc: Exception) -> ClawdError:
+    """What a request whose preparation raised `exc` is told (the request alone fails; the engine goes on)."""
+    if isinstance(exc, ClawdError):
+        return exc
+    if isinstance(exc, UnicodeEncodeError):  # e.g. a lone surrogate ("\ud800" in JSON) cannot become UTF-8
+        return InvalidRequest(f"the request holds text that is not valid Unicode ({exc.reason} at character "
+                              f"{exc.start})")
+    log.exception("preparing a request failed")
+    return EngineError(f"could not prepare the request: {type(exc).__name__}: {exc}")
+
+
 class Scheduler:
     """Owns the slots of one loaded Runtime; every method runs on the engine's worker thread."""
 
@@ -152,19 +163,9 @@ class Scheduler:
             job.stop = StopMatcher(params.stop)
             job.sampler = Sampler(self.rt.lib, self.rt.vocab, params, job.grammar, n_vocab=self.rt.n_vocab,
                                   n_ctx=self.slot_limit)
-        except ClawdError as exc:
+        except Exception as exc:  # noqa: BLE001 - one request's preparation must never stop the engine worker
             self.done(job)
-            self.emit(job, exc)
-            return True
-        except UnicodeEncodeError as exc:  # e.g. a lone surrogate ("\ud800" in JSON) cannot become UTF-8 for llama.cpp
-            self.done(job)
-            self.emit(job, InvalidRequest(f"the request holds text that is not valid Unicode ({exc.reason} at "
-                                          f"character {exc.start})"))
-            return True
-        except Exception as exc:  # one request's preparation must never stop the engine worker
-            log.exception("preparing a request failed")
-            self.done(job)
-            self.emit(job, EngineError(f"could not prepare the request: {type(exc).__name__}: {exc}"))
+            self.emit(job, _preparation_error(exc))
             return True
         slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt), -s.last_used))
         reuse = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)

@@ -2,23 +2,33 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .errors import RETRY_AFTER_SECONDS, HttpError
 
 log = logging.getLogger(__name__)
 # Descriptors kept back from client sockets: the model file, log and notify sockets, a module's devices, imports.
 RESERVED_FDS = 64
 ACCEPT_ERROR = "socket.accept() out of system resource"
-_BUSY_BODY = json.dumps({"error": {"message": "too many open connections (server.max_connections); retry later",
-                                   "type": "server_error", "param": None, "code": "too_many_connections"}}).encode()
-BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                 b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
+def _raw_response(error: HttpError) -> bytes:
+    """A whole HTTP/1.1 response that closes the connection, for use before any request has been read."""
+    head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}".encode(), b"connection: close",
+            *(k + b": " + v for k, v in error.raw_headers())]
+    return b"\r\n".join(head) + b"\r\n\r\n" + error.encoded()
+
+
+BUSY_RESPONSE = _raw_response(HttpError(
+    503, "too many open connections (server.max_connections); retry later", type="server_error",
+    code="too_many_connections", headers=(("Retry-After", str(RETRY_AFTER_SECONDS)),)))
 
 
 def protocol_class(max_connections: int, header_timeout: float) -> type[H11Protocol]:

@@ -23,8 +23,11 @@ T = TypeVar("T")
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": only ever seen in our own log line
+
+
 class ClientGone(Exception):
-    """The client disconnected before its answer was ready; nothing is sent back."""
+    """The client disconnected before its answer was ready; nothing is sent back (log it as CLIENT_CLOSED)."""
 
 
 def _cancelled_error() -> HttpError:
@@ -70,7 +73,7 @@ async def _close(iterator: AsyncIterator[Chunk]) -> None:
             log.exception("closing an engine stream failed")
 
 
-async def _unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
+async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     """Await `work`, but give up (cancelling it) as soon as the client disconnects."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_disconnect(receive))
@@ -133,7 +136,7 @@ class Generation:
     async def admit(self, receive: Receive) -> Chunk:
         """Wait for the engine's first chunk (queueing, prompt processing) so errors can still be statuses."""
         try:
-            return await _unless_disconnected(self._first(), receive)
+            return await unless_disconnected(self._first(), receive)
         except BaseException:
             await self.close()
             raise
@@ -161,7 +164,7 @@ class Generation:
             return "".join(parts), last
 
         try:
-            text, last = await _unless_disconnected(gather(), receive)
+            text, last = await unless_disconnected(gather(), receive)
         finally:
             await self.close()
         if last.finish_reason == FinishReason.CANCELLED:

@@ -12,12 +12,11 @@ from edge_runtime.engine.types import GenerationRequest
 
 from .context import AppContext
 from .errors import ApiError, HttpError
-from .generation import ClientGone, Generation, Shape
+from .generation import CLIENT_CLOSED, ClientGone, Generation, Shape
 from .middleware import record_of
 from .schemas import ChatCompletionRequest, CompletionRequest, chat_request, completion_request
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-CLIENT_CLOSED = 499  # nginx's "client closed request": only ever seen in our own log line
 
 
 class SSEResponse(StreamingResponse):

@@ -136,6 +136,12 @@ async def _watchdog(server: DaemonServer, notifier: Notifier, alive: Liveness, i
         await asyncio.sleep(interval)
 
 
+async def _signalled(server: DaemonServer) -> None:
+    """Return once the server has been told to stop (polled: uvicorn sets a flag, it offers no event)."""
+    while not server.should_exit:
+        await asyncio.sleep(0.05)
+
+
 async def _exit_when_crashed(server: DaemonServer, engine: Engine, fatal: list[str], interval: float) -> None:
     # A crashed worker never serves again; exiting non-zero lets systemd (Restart=on-failure) start a fresh one,
     # even when no watchdog is configured.
@@ -161,8 +167,7 @@ async def _halt_before_the_bound(server: DaemonServer, engine: Engine, grace: fl
     halts = [halt for halt in (getattr(x, "halt", None) for x in (engine, *modules)) if callable(halt)]
     if not halts:
         return
-    while not server.should_exit:
-        await asyncio.sleep(0.05)
+    await _signalled(server)
     # Two seconds (half the bound if shorter) leave a loaded board time to write every final event.
     await asyncio.sleep(max(0.0, grace - min(2.0, grace / 2)))
     log.info("shutdown bound near: ending the answers still running")
@@ -173,8 +178,7 @@ async def _halt_before_the_bound(server: DaemonServer, engine: Engine, grace: fl
 async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None:
     # At the signal, not after the HTTP drain: a visitor must not start a new turn on a daemon that is stopping.
     # (The app's lifespan stops it too, so the order kiosk -> modules -> engine holds however serve() ends.)
-    while not server.should_exit:
-        await asyncio.sleep(0.05)
+    await _signalled(server)
     await kiosk.stop()
 
 

@@ -2,10 +2,8 @@
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at definition time, and
 # fastapi is imported inside build_router() so that importing this package stays light.
 import asyncio
-import contextlib
 import importlib.util
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import AudioError, DependencyMissing, EngineBusy, InvalidRequest, RegistryError
@@ -27,29 +25,10 @@ TRANSCRIPTION_FORMATS = ("json", "text")
 SPEECH_FORMATS = ("wav", "pcm")
 PCM_RATE = 24000  # OpenAI's `pcm` response format: raw 24 kHz mono S16LE
 MAX_SPEECH_CHARS = 4096
-CLIENT_CLOSED = 499  # nginx's "client closed request": only ever seen in the daemon's own access log
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 def _primary(language: str) -> str:
     return language.replace("_", "-").split("-", 1)[0].lower()
-
-
-async def _client_gone(work: "asyncio.Future[str]", receive: Receive) -> bool:
-    """Wait for `work`; True as soon as the client disconnects instead (its body was read: only that can come)."""
-    async def disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnect())
-    either: set[asyncio.Future[Any]] = {work, watcher}
-    try:
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(BaseException):
-            await watcher
-    return not work.done()
 
 
 def build_router(module: "VoiceModule") -> Any:
@@ -61,6 +40,7 @@ def build_router(module: "VoiceModule") -> Any:
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from pydantic import BaseModel
 
+    from ..server.generation import CLIENT_CLOSED, ClientGone, unless_disconnected
     from ..server.middleware import record_of
 
     router = APIRouter(tags=["audio"])
@@ -124,20 +104,16 @@ def build_router(module: "VoiceModule") -> Any:
         work = module.limiter.start(ticket, lambda: transcribe_upload(data, file.filename or "file", model,
                                                                       language, ticket.cancel))
         try:
-            gone = await _client_gone(work, request.receive)
+            text = await unless_disconnected(work, request.receive)
+        except ClientGone:
+            # Nobody will read the answer: stop recognising now rather than burn minutes of CPU for nothing.
+            ticket.cancel.set()
+            record_of(request.scope).error = "client_disconnected"
+            return Response(status_code=CLIENT_CLOSED)
         except asyncio.CancelledError:
             # uvicorn's shutdown bound (server.shutdown_timeout): the worker stops at its next chunk.
             ticket.cancel.set()
-            work.cancel()
             raise
-        if gone:
-            # Nobody will read the answer: stop recognising now rather than burn minutes of CPU for nothing.
-            ticket.cancel.set()
-            work.cancel()
-            record_of(request.scope).error = "client_disconnected"
-            return Response(status_code=CLIENT_CLOSED)
-        try:
-            text = work.result()
         except AudioError:
             if ticket.cancel.is_set():  # the module stopped under it
                 raise EngineBusy("the transcription was cancelled because the server is shutting down") from None

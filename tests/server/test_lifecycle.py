@@ -109,10 +109,7 @@ def test_notify_watchdog_and_sigterm_mid_stream(smollm2_path: Path, tmp_path: Pa
             received += chunk
         sock.close()
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
-        daemon.notify.close()
+        daemon.kill()
     assert code == 0, daemon.log()
     assert elapsed < SHUTDOWN_TIMEOUT + 20, elapsed
     # The stream could not finish within the bound: it was ended with a final error event just before it (not

@@ -202,10 +202,7 @@ def test_sigterm_during_a_transcription_exits_promptly_with_0(smollm2_path: Path
         elapsed = time.monotonic() - began
         client.join(30)
     finally:
-        if daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait()
-        daemon.notify.close()
+        daemon.kill()
     assert code == 0, daemon.log()
     assert elapsed < 9, elapsed
     # Just before the shutdown bound the module ends the transcription: a 503 the client can retry elsewhere.
