@@ -17,6 +17,8 @@ from .errors import ConfigError
 ENV_CONFIG = "CLAWD_EDGE_CONFIG"
 DEFAULT_MODEL = "smollm2-135m-instruct-q4_1"
 KV_CACHE_TYPES = ("auto", "f16", "q8_0")
+# auto: the GGUF's own `<arch>.pooling_type` (an embedding model), else a causal LM's last token (README, Embeddings).
+EMBEDDING_POOLINGS = ("auto", "mean", "last")
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -109,6 +111,11 @@ class Settings:
     # Control-token text (`<|im_end|>`) inside chat messages is plain text by default, so a user cannot forge a
     # turn of the conversation; true parses it as the model's control tokens (for callers that build turns).
     parse_special_in_messages: bool = False
+    # /v1/embeddings: a registry name or GGUF path (null: the chat model's own GGUF), the longest input in tokens
+    # (its own small context, loaded on the first request) and the pooling (auto: from the GGUF).
+    embedding_model: str | None = None
+    embedding_ctx: int = 512
+    embedding_pooling: str = "auto"
     server: ServerSettings = field(default_factory=ServerSettings)
     modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
     # The dialogue loop is not a plugin: its options live here and edge_runtime.kiosk validates them.
@@ -177,6 +184,9 @@ _TOP_LEVEL: dict[str, tuple[Any, str]] = {
     "chat_template": _str(),
     "system_prompt": _str(),
     "parse_special_in_messages": _bool(),
+    "embedding_model": _str(),
+    "embedding_ctx": _int(16, 32768),
+    "embedding_pooling": _choice(*EMBEDDING_POOLINGS),
 }
 _SERVER: dict[str, tuple[Any, str]] = {
     "host": _str(),
@@ -191,7 +201,7 @@ _SERVER: dict[str, tuple[Any, str]] = {
     "strict_model": _bool(),
 }
 _SERVER_SECONDS = {"shutdown_timeout", "read_timeout", "keep_alive_timeout"}
-_NULLABLE = {"registry", "context", "memory_budget", "chat_template", "system_prompt", "api_key"}
+_NULLABLE = {"registry", "context", "memory_budget", "chat_template", "system_prompt", "api_key", "embedding_model"}
 _ALIASES = {"model": "model_path", "ctx": "context", "n_parallel": "parallel"}
 
 

@@ -97,6 +97,10 @@ class InvalidRequest(ClawdError):
         self.param = param
 
 
+class ToolCallError(ClawdError):
+    """The model wrote a tool call that does not parse or does not match its tool's schema (never passed on)."""
+
+
 class ConvertError(ClawdError):
     """A checkpoint cannot be converted (unsupported architecture, missing or corrupt file)."""
 

@@ -10,14 +10,41 @@ import click
 
 from edge_runtime.cli import state
 from edge_runtime.engine.ready import wait_ready
-from edge_runtime.errors import ClawdError
+from edge_runtime.errors import ClawdError, MemoryPlanError
 
 if TYPE_CHECKING:
     from edge_runtime.config import Settings
+    from edge_runtime.engine.embeddings import EmbeddingEngine
+    from edge_runtime.engine.planner import MemoryPlan
     from edge_runtime.engine.types import Engine
     from edge_runtime.sdnotify import Notifier
+    from edge_runtime.store import ResolvedModel
 
 log = logging.getLogger("edge_runtime.serve")
+
+
+def _embeddings(settings: Settings, chat_model: ResolvedModel, chat_name: str,
+                chat_plan: MemoryPlan) -> EmbeddingEngine | str:
+    """The /v1/embeddings engine (nothing loads until its first request), or why there is none.
+
+    A configured `embedding_model` that cannot fit next to the chat model is an error at startup; the default (the
+    chat model's own GGUF) only turns the route off, so a board that served chat before still starts.
+    """
+    from edge_runtime.engine.embeddings import create_embeddings
+    from edge_runtime.store import resolve_model
+
+    if settings.embedding_model is not None:
+        resolved = resolve_model(settings, settings.embedding_model)
+        name = resolved.name if resolved.entry is not None else resolved.path.stem
+        engine = create_embeddings(settings, resolved.path, chat=chat_plan, name=name)
+    else:
+        try:
+            engine = create_embeddings(settings, chat_model.path, chat=chat_plan, name=chat_name)
+        except MemoryPlanError as exc:
+            log.warning("/v1/embeddings is off: %s", exc)
+            return str(exc)
+    log.info("embeddings: %s", engine.plan.describe())
+    return engine
 
 
 async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) -> None:
@@ -40,6 +67,7 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
     # Bind next: a taken port fails in milliseconds, not after loading the model.
     sock = bind(settings.server.host, settings.server.port)
     engine: Engine | None = None
+    embeddings: EmbeddingEngine | str | None = None
     try:
         from edge_runtime.cpu.build import runtime_labels
 
@@ -56,18 +84,28 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
         engine = llama
         name = engine.status().model
         log.info("memory plan for %s: %s", name, llama.plan.describe())
+        embeddings = _embeddings(settings, resolved, name, llama.plan)
         if settings.keep_alive != 0:  # keep_alive 0 means "load on demand": nothing to wait for
             await wait_ready(engine)
         log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
         # Same process, same engine: one model in RAM, the kiosk's turns take slots like HTTP requests do.
         kiosk = KioskService(settings, engine, parts, notify=notifier.status) if parts is not None else None
-        app = create_app(settings, engine, modules, kiosk)
+        app = create_app(settings, engine, modules, kiosk, embeddings)
     except BaseException:
         sock.close()
         if engine is not None:
             await engine.close()
+        if embeddings is not None and not isinstance(embeddings, str):
+            await embeddings.close()
         raise
-    await serve(settings, engine, app, sock, notifier, kiosk, modules)
+    # The embedding engine is halted with the modules just before the drain bound (running and queued requests
+    # get a proper 503 rather than being cut off), and closed once the server and the chat engine are done.
+    halted = (*modules, embeddings) if not isinstance(embeddings, str) else tuple(modules)
+    try:
+        await serve(settings, engine, app, sock, notifier, kiosk, halted)
+    finally:
+        if not isinstance(embeddings, str):
+            await embeddings.close()
 
 
 @click.command()

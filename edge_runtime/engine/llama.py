@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
@@ -16,10 +17,13 @@ from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, Shutti
 from ..gguf_file import inspect
 from .grammar import grammar_text
 from .planner import MemoryPlan, plan_for
+from .prompt import PromptBuilder, call_format
 from .sampling import validate
 from .scheduler import Job, Scheduler, Stats
 from .specials import SpecialText
 from .template import load_template
+from .toolgrammar import call_grammar
+from .toolstream import ToolStream
 from .types import Chunk, EngineState, EngineStatus, GenerationRequest
 
 if TYPE_CHECKING:
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
     from .native import Runtime
 
 log = logging.getLogger(__name__)
+# n > 1 asks for this many choices at most: each takes a slot (or waits for one) like a request of its own.
+MAX_CHOICES = 16
 # A stream's text is delivered at most this often (its first token and its end at once); see _flush. 50 ms is
 # below what a reader or the kiosk's sentence splitter notices, and each delivery wakes the event loop, whose CPU
 # time comes out of llama.cpp's two threads on a 2-core board (measured: +1-2% single-stream tok/s over 20 ms).
@@ -51,6 +57,7 @@ class LlamaEngine:
                  flash_attn: str = "auto", stream_interval: float = STREAM_INTERVAL) -> None:
         info = inspect(plan.model_path)
         self._template = load_template(settings.chat_template, info.chat_template)
+        self._call_format = call_format(self._template)[0]
         self._settings = settings
         self.plan = plan
         self.name = name
@@ -82,36 +89,69 @@ class LlamaEngine:
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         return self._generate(request)
 
-    async def _generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+    def _jobs(self, request: GenerationRequest) -> list[Job]:
+        """One job per choice, sharing one queue; validates the request first (a 400 never takes a slot)."""
         if (request.prompt is None) == (request.messages is None):
             raise InvalidRequest("give exactly one of prompt or messages", param="messages")
         if request.messages is not None and not request.messages:
             raise InvalidRequest("messages must not be empty", param="messages")
-        validate(request.sampling)
-        job = Job(request, grammar_text(request.sampling), asyncio.get_running_loop())
+        if not 1 <= request.n <= min(MAX_CHOICES, self._max_inflight):
+            raise InvalidRequest(f"n must be between 1 and {min(MAX_CHOICES, self._max_inflight)} (the slots plus "
+                                 "server.max_queue)", param="n")
+        sampling = request.sampling
+        validate(sampling)
+        use, grammar, lazy = request.tools, grammar_text(sampling), None
+        if use is not None:
+            if request.messages is None:
+                raise InvalidRequest("tools need chat messages", param="tools")
+            if grammar is not None:
+                raise InvalidRequest("tools cannot be combined with grammar or response_format", param="tools")
+            # "auto": the model writes freely until it starts a call; "required" and a named tool: from the start.
+            if use.choice == "auto":
+                lazy = call_grammar(use, self._call_format, after_open=True)
+            else:
+                grammar = call_grammar(use, self._call_format, after_open=False)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
+        jobs = []
+        for index in range(request.n):
+            seeded = request if sampling.seed is None or index == 0 else dataclasses.replace(
+                request, sampling=dataclasses.replace(sampling, seed=(sampling.seed + index) % 2**32))
+            jobs.append(Job(seeded, grammar, loop, queue, index=index,
+                            lazy=None if lazy is None else (self._call_format.open, lazy)))
+        return jobs
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        jobs = self._jobs(request)
         with self._cond:
             if self._closing or self._halting:
                 if self._state is EngineState.FAILED:
                     raise EngineError(f"the engine is not running: {self._reason}")
                 raise ShuttingDown("the server is shutting down; retry shortly")
-            if self._inflight >= self._max_inflight:
-                queued = self._inflight - self.plan.n_parallel
+            if self._inflight + len(jobs) > self._max_inflight:
+                queued = max(0, self._inflight - self.plan.n_parallel)
                 raise EngineBusy(f"all {self.plan.n_parallel} slots are busy and {queued} requests are queued "
                                  "(server.max_queue); retry later")
-            self._inflight += 1
-            self._pending.append(job)
+            self._inflight += len(jobs)
+            self._pending.extend(jobs)
             self._cond.notify()
+        use = request.tools
+        streams = [ToolStream(use, self._call_format) for _ in jobs] if use is not None else None
+        queue, running = jobs[0].queue, len(jobs)
         try:
-            while True:
-                item = await job.queue.get()
+            while running:
+                item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                if streams is not None:
+                    item = streams[item.index].chunk(item)
                 if item.finish_reason is not None:
-                    return
+                    running -= 1
+                yield item
         finally:
-            if not job.finished:
-                job.cancelled = True
+            if any(not job.finished for job in jobs):
+                for job in jobs:
+                    job.cancelled = True
                 with self._cond:
                     self._cond.notify()
 
@@ -164,17 +204,24 @@ class LlamaEngine:
     # -- worker thread -------------------------------------------------------------------------------------
     def _emit(self, job: Job, item: Chunk | BaseException) -> None:
         if isinstance(item, Chunk) and item.finish_reason is None:
-            if not job.held:
+            if not job.held and not job.held_logprobs:
                 self._holding.append(job)
             job.held += item.text  # _flush decides when it goes out
+            job.held_logprobs.extend(item.logprobs)
             return
-        if job.held:
+        if job.held or job.held_logprobs:
             if isinstance(item, Chunk):
-                item = Chunk(job.held + item.text, finish_reason=item.finish_reason, usage=item.usage)
+                item = dataclasses.replace(item, text=job.held + item.text,
+                                           logprobs=(*job.held_logprobs, *item.logprobs))
             else:
-                self._outbox.append((job, Chunk(job.held)))
+                self._outbox.append((job, self._held_chunk(job)))
             job.held = ""
+            job.held_logprobs.clear()
         self._outbox.append((job, item))
+
+    @staticmethod
+    def _held_chunk(job: Job) -> Chunk:
+        return Chunk(job.held, index=job.index, logprobs=tuple(job.held_logprobs))
 
     def _done(self, job: Job) -> None:
         if job.finished:
@@ -193,11 +240,12 @@ class LlamaEngine:
             now = time.monotonic()
             still = []
             for job in self._holding:
-                if not job.held or job.cancelled:
+                if not (job.held or job.held_logprobs) or job.cancelled:
                     continue
                 if now - job.sent_at >= self._stream_interval:
-                    self._outbox.append((job, Chunk(job.held)))
+                    self._outbox.append((job, self._held_chunk(job)))
                     job.held = ""
+                    job.held_logprobs.clear()
                     job.sent_at = now
                 else:
                     still.append(job)
@@ -299,8 +347,8 @@ class LlamaEngine:
         self._load_seconds = time.monotonic() - start
         self._loads += 1
         specials = None if self._settings.parse_special_in_messages else SpecialText(runtime.control_texts())
-        self._sched = Scheduler(runtime, self._template, self._settings.system_prompt, self._stats, self._emit,
-                                self._done, specials)
+        prompts = PromptBuilder(runtime, self._template, self._settings.system_prompt, specials)
+        self._sched = Scheduler(runtime, prompts, self._stats, self._emit, self._done)
         self._idle_since = time.monotonic()
         self._state = EngineState.READY
         self._reason = (f"ready: {self.plan.n_parallel} slot(s) x {self._sched.slot_limit} ctx, KV {self.plan.kv_type},"

@@ -310,6 +310,13 @@ class Runtime:
         address = self._logits_ith(self.ctx, index)
         return self.greedy.pick(address) if address else None
 
+    def logits_address(self, index: int) -> int:
+        """Where batch row `index`'s logits are after a decode (n_vocab floats, valid until the next decode)."""
+        address = self._logits_ith(self.ctx, index)
+        if not address:
+            raise EngineError(f"llama.cpp has no logits for batch row {index}")
+        return int(address)
+
     def decode(self) -> int:
         """0 ok, 1 no room in the KV cache, other values are llama.cpp errors."""
         outputs, self._outputs = self._outputs, 0

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ClawdError, EngineError, InvalidRequest, fresh
+from .logprobs import LogprobReader
 from .native import Copy, Runtime
+from .prompt import PromptBuilder
 from .sampling import Sampler
-from .specials import Part, SpecialText
-from .template import ChatTemplate
 from .text import StopMatcher, Utf8Stream
-from .types import ChatMessage, Chunk, FinishReason, GenerationRequest, Usage
+from .types import Chunk, FinishReason, GenerationRequest, TokenLogprob, Usage
 
 log = logging.getLogger(__name__)
 # A prefix held by another slot is copied (or waited for) only when it saves at least this many prompt tokens.
@@ -30,8 +30,12 @@ class Job:
     queue: asyncio.Queue[Chunk | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     finished: bool = False
-    # Delivery state (engine thread): text not yet posted and when the last chunk went out.
+    index: int = 0  # which choice of its request this job generates
+    # "auto" tool calls: the marker that starts a call, and the grammar that takes over once the model wrote it.
+    lazy: tuple[str, str] | None = None
+    # Delivery state (engine thread): text and logprobs not yet posted and when the last chunk went out.
     held: str = ""
+    held_logprobs: list[TokenLogprob] = field(default_factory=list)
     sent_at: float = 0.0
     # Worker-side state.
     prompt: list[int] = field(default_factory=list)
@@ -93,16 +97,13 @@ def _preparation_error(exc: Exception) -> ClawdError:
 class Scheduler:
     """Owns the slots of one loaded Runtime; every method runs on the engine's worker thread."""
 
-    def __init__(self, rt: Runtime, template: ChatTemplate | None, system_prompt: str | None, stats: Stats,
-                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None],
-                 specials: SpecialText | None = None) -> None:
-        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot.
-        With `specials`, control-token text inside chat messages is tokenized as plain text."""
+    def __init__(self, rt: Runtime, prompts: PromptBuilder, stats: Stats,
+                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None]) -> None:
+        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot."""
         self.rt = rt
-        self.template = template
-        self.system_prompt = system_prompt
-        self.specials = specials
+        self.prompts = prompts
         self.stats = stats
+        self._logprobs: LogprobReader | None = None
         self.emit = emit
         self.done = done
         self.slots = [Slot(seq) for seq in range(rt.plan.n_parallel)]
@@ -119,50 +120,17 @@ class Scheduler:
     def cells(self, busy: bool) -> int:
         return sum(len(s.tokens) for s in self.slots if (s.job is not None) == busy)
 
-    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        rt = self.rt
-        if request.messages is not None:
-            template = self.template
-            if template is None:
-                raise InvalidRequest(
-                    f"{rt.plan.model_path.name} has no chat template (no tokenizer.chat_template in the GGUF) and "
-                    "none is configured; set chat_template in config.yaml or send a plain prompt", param="messages")
-            messages = list(request.messages)
-            if self.system_prompt and not any(m.role == "system" for m in messages):
-                messages.insert(0, ChatMessage("system", self.system_prompt))
-
-            def render(shown: list[ChatMessage]) -> str:
-                return template.render(shown, bos_token=rt.bos_text, eos_token=rt.eos_text)
-
-            parts = self.specials.render(messages, render) if self.specials else [Part(render(messages), True)]
-            param = "messages"
-        else:
-            # A raw prompt is the caller's own template: its control tokens are meant (as in llama-server).
-            parts = [Part(request.prompt or "", True)]
-            param = "prompt"
-        tokens = [t for i, part in enumerate(parts)
-                  for t in rt.tokenize(part.text, add_special=i == 0, parse_special=part.parse_special)]
-        if rt.add_bos and len(tokens) >= 2 and tokens[0] == tokens[1] == rt.bos:
-            del tokens[0]  # the template wrote bos_token itself; llama.cpp added another
-        if not tokens:
-            raise InvalidRequest("the prompt is empty", param=param)
-        if len(tokens) >= self.slot_limit:
-            raise InvalidRequest(
-                f"the prompt is {len(tokens)} tokens but a slot's context holds {self.slot_limit} "
-                f"(max_sequence_length); shorten it", param=param)
-        return tokens
-
     def admit(self, job: Job) -> bool:
         """Prepare `job` and give it the free slot with the longest cached prefix; False if no slot is free."""
         free = [s for s in self.slots if s.job is None]
         if not free:
             return False
         try:
-            job.prompt = self._prompt_tokens(job.request)
+            job.prompt = self.prompts.tokens(job.request, self.slot_limit)
             params = job.request.sampling
             job.stop = StopMatcher(params.stop)
             job.sampler = Sampler(self.rt.lib, self.rt.vocab, params, job.grammar, n_vocab=self.rt.n_vocab,
-                                  n_ctx=self.slot_limit)
+                                  n_ctx=self.slot_limit, lazy=job.lazy)
         except Exception as exc:  # noqa: BLE001 - one request's preparation must never stop the engine worker
             self.done(job)
             self.emit(job, _preparation_error(exc))
@@ -213,22 +181,24 @@ class Scheduler:
         elif donor is not None and now >= job.n_past + MIN_SHARED_PREFIX:
             self._copy_from(donor, slot, now)
 
-    def _copy_from(self, donor: Slot, slot: Slot, n: int) -> None:
+    def _copy_from(self, donor: Slot, slot: Slot, n: int) -> bool:
+        """Make the first n cells of `donor` this slot's prefix; False if they could not be copied."""
         job = slot.job
         assert job is not None
         rt = self.rt
         result = rt.copy_prefix(donor.seq, slot.seq, n)
         if result is Copy.UNTOUCHED:
-            return  # refused before touching the slot: its own cached prefix (job.n_past) is still good
+            return False  # refused before touching the slot: its own cached prefix (job.n_past) is still good
         # A sliding window may already have dropped cells the copy's continuation would attend to.
         if result is Copy.COPIED and not (rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > 0):
             slot.tokens[:] = job.prompt[:n]
             job.n_past = n
             self.stats.prefix_copies += 1
-            return
+            return True
         rt.seq_rm(slot.seq, 0)
         slot.tokens.clear()
         job.n_past = 0
+        return False
 
     def _resolve_wait(self, slot: Slot, job: Job) -> None:
         """Copy the awaited prefix once it is evaluated, or whatever is left of it if its owner went away."""
@@ -299,32 +269,77 @@ class Scheduler:
         self.stats.prompt_tokens_evaluated += at - len(generating)
         for slot, index in outputs:
             job = slot.job
-            assert job is not None and job.sampler is not None
-            job.generating = True
-            token = rt.pick_greedy(index) if job.sampler.greedy else None
-            self._on_token(slot, job.sampler.sample(rt.ctx, index) if token is None else token)
+            assert job is not None
+            if not job.generating:
+                job.generating = True
+                for twin in self._forks(slot, job):
+                    self._sample(twin, index)
+            self._sample(slot, index)
 
-    def _on_token(self, slot: Slot, token: int) -> None:
+    def _forks(self, slot: Slot, job: Job) -> list[Slot]:
+        """The slots waiting for exactly this prompt (the other choices of an n > 1 request, or the same request
+        sent twice), now holding a copy of its cells: they sample their first token from the same logits row,
+        so the prompt is evaluated once for all of them."""
+        twins = []
+        for other in self.slots:
+            o = other.job
+            if o is None or o.wait_for is None or o.wait_for[1] is not job or o.prompt != job.prompt:
+                continue
+            if self._copy_from(slot, other, len(job.prompt)):
+                o.wait_for = None
+                self._count_cached(o)
+                o.generating = True
+                twins.append(other)
+        return twins
+
+    def _sample(self, slot: Slot, index: int) -> None:
         job = slot.job
-        assert job is not None
+        assert job is not None and job.sampler is not None
+        rt = self.rt
+        token = rt.pick_greedy(index) if job.sampler.greedy else None
+        if token is None:
+            token = job.sampler.sample(rt.ctx, index)
+        top = job.request.sampling.logprobs
+        logprob = None
+        if top is not None:
+            if self._logprobs is None:
+                self._logprobs = LogprobReader(rt.n_vocab, rt.piece)
+            logprob = self._logprobs.read(rt.logits_address(index), token, top)
+        self._on_token(slot, token, logprob)
+
+    def _on_token(self, slot: Slot, token: int, logprob: TokenLogprob | None) -> None:
+        job = slot.job
+        assert job is not None and job.sampler is not None
         rt = self.rt
         if rt.is_eog(token):
             self._finish(slot, FinishReason.STOP, job.stop.feed(job.utf8.flush())[0] + job.stop.flush())
             return
         job.n_generated += 1
-        text, stopped = job.stop.feed(job.utf8.feed(rt.piece(token)))
+        logprobs = () if logprob is None else (logprob,)
+        decoded = job.utf8.feed(rt.piece(token))
+        if decoded and not job.sampler.watch(decoded, self._text_tokens):
+            # The model started a call whose first characters the call grammar cannot continue: end here (the
+            # consumer reports the broken call) rather than feed llama.cpp's grammar a token it would abort on.
+            text, _ = job.stop.feed(decoded)
+            self._finish(slot, FinishReason.STOP, text + job.stop.flush(), logprobs)
+            return
+        text, stopped = job.stop.feed(decoded)
         if stopped:
-            self._finish(slot, FinishReason.STOP, text)
+            self._finish(slot, FinishReason.STOP, text, logprobs)
         elif job.n_generated >= job.request.sampling.max_tokens or len(slot.tokens) >= self.slot_limit:
             tail, stopped = job.stop.feed(job.utf8.flush())
             self._finish(slot, FinishReason.STOP if stopped else FinishReason.LENGTH,
-                         text + tail + ("" if stopped else job.stop.flush()))
+                         text + tail + ("" if stopped else job.stop.flush()), logprobs)
         else:
             job.next_token = token
-            if text:
-                self.emit(job, Chunk(text))
+            if text or logprobs:
+                self.emit(job, Chunk(text, index=job.index, logprobs=logprobs))
 
-    def _finish(self, slot: Slot, reason: FinishReason, text: str) -> None:
+    def _text_tokens(self, text: str) -> list[int]:
+        return self.rt.tokenize(text, add_special=False, parse_special=False)
+
+    def _finish(self, slot: Slot, reason: FinishReason, text: str,
+                logprobs: tuple[TokenLogprob, ...] = ()) -> None:
         job = slot.job
         assert job is not None
         usage = Usage(prompt_tokens=len(job.prompt), completion_tokens=job.n_generated,
@@ -332,7 +347,7 @@ class Scheduler:
         self.stats.completion_tokens += job.n_generated
         self.stats.requests_finished += 1
         self._release(slot, cancelled=False)
-        self.emit(job, Chunk(text, finish_reason=reason, usage=usage))
+        self.emit(job, Chunk(text, finish_reason=reason, usage=usage, index=job.index, logprobs=logprobs))
 
     def _release(self, slot: Slot, *, cancelled: bool) -> None:
         """Free the slot now; its cells stay as a prefix cache, except a cancelled answer's (never continued)."""

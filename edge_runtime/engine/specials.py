@@ -1,6 +1,7 @@
 """Control-token text inside chat messages is tokenized as text, so a caller cannot forge the template's turns."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
@@ -20,6 +21,11 @@ class Part:
     parse_special: bool
 
 
+def _texts(message: ChatMessage) -> list[str]:
+    """The caller-written text of a message that reaches the template."""
+    return [message.content, *(c.arguments for c in message.tool_calls)]
+
+
 class SpecialText:
     """The control-token strings of one vocabulary (`<|im_end|>`, `<start_of_turn>`, ...).
 
@@ -36,7 +42,7 @@ class SpecialText:
 
     def present(self, messages: Sequence[ChatMessage]) -> bool:
         pattern = self._pattern
-        return pattern is not None and any(pattern.search(m.content) for m in messages)
+        return pattern is not None and any(pattern.search(text) for m in messages for text in _texts(m))
 
     def render(self, messages: Sequence[ChatMessage], render: Callable[[list[ChatMessage]], str]) -> list[Part]:
         """`render(messages)` split into parts, the control-token text that came from the messages as text."""
@@ -50,7 +56,9 @@ class SpecialText:
             forged.append(match.group(0))
             return f"{OPEN}{nonce}:{len(forged) - 1}{CLOSE}"
 
-        masked = [ChatMessage(m.role, pattern.sub(hide, m.content)) for m in messages]
+        masked = [dataclasses.replace(m, content=pattern.sub(hide, m.content), tool_calls=tuple(
+            dataclasses.replace(c, arguments=pattern.sub(hide, c.arguments)) for c in m.tool_calls))
+            for m in messages]
         rendered = render(masked)
         parts: list[Part] = []
         at = 0

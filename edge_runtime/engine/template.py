@@ -49,11 +49,15 @@ class ChatTemplate:
             raise ModelError(message) from None
 
     def render(self, messages: Sequence[ChatMessage], *, bos_token: str, eos_token: str,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> str:
+        """`tools` (OpenAI's tool objects) are given only to a template that renders them itself."""
+        from .tools import template_messages
+
+        extra = {} if tools is None else {"tools": tools}
         try:
             return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
-                add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token,
+                messages=template_messages(messages), add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token, eos_token=eos_token, **extra,
             )
         except TemplateRaised as exc:
             raise InvalidRequest(f"the model's chat template rejected the messages: {exc}",

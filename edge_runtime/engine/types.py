@@ -4,13 +4,22 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .toolparse import ArgsDelta, CallStart, ParsedCall
+    from .tools import ToolCall, ToolUse
 
 
 @dataclass(frozen=True)
 class ChatMessage:
+    """A chat turn; an assistant turn may carry tool calls, a `tool` turn answers the call `tool_call_id`."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None
     json_schema: Mapping[str, Any] | None = None
+    # (token id, bias) pairs added to the logits before sampling (OpenAI's logit_bias).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no logprobs; k >= 0: each token's log-probability and the k most likely alternatives.
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,11 +52,16 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    # Tools the model may (or must) call; chat requests only.
+    tools: ToolUse | None = None
+    # Choices generated from one evaluation of the prompt; choice i samples with seed + i.
+    n: int = 1
 
 
 class FinishReason(str, enum.Enum):
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
     CANCELLED = "cancelled"
 
 
@@ -59,12 +77,29 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, and the most likely alternatives (sorted)."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
-    """A text delta; the last chunk of a stream carries finish_reason and usage."""
+    """A delta of choice `index`; the last chunk of each choice carries finish_reason and usage.
+
+    With tools, `text` is only the answer's plain text: `calls` streams the calls being written, and the last chunk
+    lists every finished call in `tool_calls`.
+    """
 
     text: str
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+    calls: tuple[CallStart | ArgsDelta, ...] = ()
+    tool_calls: tuple[ParsedCall, ...] = ()
 
 
 class EngineState(str, enum.Enum):

@@ -16,12 +16,14 @@ from edge_runtime.engine.types import Engine, EngineState
 from edge_runtime.modules import Module, stop_modules
 
 from .context import AppContext
+from .embeddings_api import embeddings_router
 from .errors import install_handlers
 from .metrics import ServerMetrics
 from .middleware import AccessLog, ApiKeyAuth, BodyLimit
 from .openai_api import openai_router
 
 if TYPE_CHECKING:
+    from edge_runtime.engine.embeddings import EmbeddingEngine
     from edge_runtime.kiosk.service import KioskService
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,10 @@ def upload_paths(routers: Iterable[Any]) -> frozenset[str]:
 
 
 def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (),
-               kiosk: KioskService | None = None) -> FastAPI:
+               kiosk: KioskService | None = None, embeddings: EmbeddingEngine | str | None = None) -> FastAPI:
     """The HTTP API over `engine`; enabled kiosk `modules` get their routers mounted and run with the app, and
-    `kiosk` (the dialogue loop on the same engine) starts after them and stops before them."""
+    `kiosk` (the dialogue loop on the same engine) starts after them and stops before them. `embeddings` serves
+    /v1/embeddings (or says why it is off); its owner closes it."""
     metrics = ServerMetrics(engine.status, kiosk.snapshot if kiosk is not None else None)
     ctx = AppContext(settings=settings, engine=engine, metrics=metrics)
     app = FastAPI(title="clawd-edge", version=__version__, docs_url=None, redoc_url=None,
@@ -69,6 +72,7 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
     app.state.clawd = ctx
     install_handlers(app)
     app.include_router(openai_router(ctx))
+    app.include_router(embeddings_router(ctx, embeddings))
     module_routers = [router for module in modules for router in module.routers()]
     for router in module_routers:
         app.include_router(router)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.errors import ClawdError, EngineBusy, InvalidRequest, RegistryError
+from edge_runtime.errors import ClawdError, EngineBusy, InvalidRequest, RegistryError, ToolCallError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -52,6 +52,9 @@ def from_clawd(exc: ClawdError) -> HttpError:
     """Map the project's error classes to statuses; the message is the user-facing one, never a traceback."""
     if isinstance(exc, InvalidRequest):
         return HttpError(400, str(exc), param=exc.param, code="invalid_value" if exc.param else None)
+    if isinstance(exc, ToolCallError):
+        # 422, not 5xx: OpenAI clients retry 5xx, and a seeded or greedy request would write the same call again.
+        return HttpError(422, str(exc), type="server_error", code="invalid_tool_call")
     if isinstance(exc, RegistryError):
         return HttpError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, EngineBusy):

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from edge_runtime.engine.types import Chunk, Engine, FinishReason, GenerationRequest, Usage
 from edge_runtime.errors import ClawdError, EngineBusy
 
+from .choices import Choice, call_deltas, chat_logprobs, completion_logprobs, total_usage
 from .errors import ApiError, HttpError, from_clawd
 from .metrics import ServerMetrics
 from .middleware import RequestRecord
@@ -42,6 +43,8 @@ class Shape:
     chat: bool
     model: str
     include_usage: bool
+    n: int = 1
+    logprobs: bool = False
 
     @property
     def object(self) -> str:
@@ -106,19 +109,25 @@ class Generation:
         self.id = ("chatcmpl-" if shape.chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self._iterator: AsyncIterator[Chunk] | None = None
+        self._usages: list[Usage] = []
+        self.usage = Usage(0, 0)  # the whole request's, once every choice has finished
 
     def _note(self, chunk: Chunk) -> None:
-        if chunk.text and self.record.ttft is None:
+        if (chunk.text or chunk.calls) and self.record.ttft is None:
             self.record.ttft = time.perf_counter() - self.start
             self.metrics.ttft.observe(self.record.ttft)
-        if chunk.finish_reason is not None:
-            usage = chunk.usage or Usage(0, 0)
-            self.record.finish_reason = chunk.finish_reason.value
-            self.record.prompt_tokens = usage.prompt_tokens
-            self.record.cached_tokens = usage.cached_prompt_tokens
-            self.record.completion_tokens = usage.completion_tokens
-            self.metrics.observe_generation(usage.prompt_tokens, usage.cached_prompt_tokens,
-                                            usage.completion_tokens, chunk.finish_reason.value)
+        if chunk.finish_reason is None:
+            return
+        self._usages.append(chunk.usage or Usage(0, 0))
+        if len(self._usages) < self.shape.n:
+            return
+        usage = self.usage = total_usage(self._usages)
+        self.record.finish_reason = chunk.finish_reason.value
+        self.record.prompt_tokens = usage.prompt_tokens
+        self.record.cached_tokens = usage.cached_prompt_tokens
+        self.record.completion_tokens = usage.completion_tokens
+        self.metrics.observe_generation(usage.prompt_tokens, usage.cached_prompt_tokens, usage.completion_tokens,
+                                        chunk.finish_reason.value)
 
     async def _first(self) -> Chunk:
         iterator = self.engine.generate(self.request)
@@ -154,36 +163,35 @@ class Generation:
     # -- non-streaming -------------------------------------------------------------------------------------
 
     async def collect(self, first: Chunk, receive: Receive) -> dict[str, Any]:
-        async def gather() -> tuple[str, Chunk]:
-            parts = [first.text]
-            last = first
-            if first.finish_reason is None:
+        choices = [Choice(i) for i in range(self.shape.n)]
+
+        async def gather() -> None:
+            choices[first.index].add(first)
+            if first.finish_reason is None or self.shape.n > 1:
                 async for chunk in self.rest():
-                    parts.append(chunk.text)
-                    last = chunk
-            return "".join(parts), last
+                    choices[chunk.index].add(chunk)
 
         try:
-            text, last = await unless_disconnected(gather(), receive)
+            await unless_disconnected(gather(), receive)
         finally:
             await self.close()
-        if last.finish_reason == FinishReason.CANCELLED:
+        if any(c.finish_reason is FinishReason.CANCELLED for c in choices):
             raise ApiError(_cancelled_error())
-        finish = (last.finish_reason or FinishReason.STOP).value
-        if self.shape.chat:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "logprobs": None, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         return {"id": self.id, "object": self.shape.object, "created": self.created, "model": self.shape.model,
-                "choices": [choice], "usage": usage_body(last.usage)}
+                "choices": [c.body(chat=self.shape.chat, want_logprobs=self.shape.logprobs) for c in choices],
+                "usage": usage_body(self.usage)}
 
     # -- streaming -----------------------------------------------------------------------------------------
 
     def _event(self, *, text: str | None = None, finish: str | None = None, role: bool = False,
-               usage: Usage | None = None, usage_only: bool = False) -> bytes:
+               usage: Usage | None = None, usage_only: bool = False, chunk: Chunk | None = None) -> bytes:
+        """One SSE event; with `chunk`, its choice index, tool-call deltas and logprobs are included."""
         body: dict[str, Any] = {"id": self.id, "object": self.shape.object + ".chunk" if self.shape.chat
                                 else "text_completion", "created": self.created, "model": self.shape.model}
+        index = chunk.index if chunk else 0
+        logprobs = None
+        if chunk is not None and self.shape.logprobs:
+            logprobs = chat_logprobs(chunk.logprobs) if self.shape.chat else completion_logprobs(chunk.logprobs)
         if usage_only:
             body["choices"] = []
         elif self.shape.chat:
@@ -192,9 +200,11 @@ class Generation:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            body["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+            if chunk is not None and chunk.calls:
+                delta["tool_calls"] = call_deltas(chunk.calls)
+            body["choices"] = [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
         else:
-            body["choices"] = [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]
+            body["choices"] = [{"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}]
         if self.shape.include_usage:
             body["usage"] = usage_body(usage) if usage_only else None
         return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"
@@ -213,11 +223,20 @@ class Generation:
             return prefix + json.dumps(text, ensure_ascii=False).encode("utf-8") + suffix
         return render
 
-    def _finish_events(self, chunk: Chunk) -> list[bytes]:
-        events = [self._event(text=chunk.text or None if self.shape.chat else chunk.text,
-                              finish=(chunk.finish_reason or FinishReason.STOP).value)]
-        if self.shape.include_usage:
-            events.append(self._event(usage=chunk.usage, usage_only=True))
+    def _delta(self, chunk: Chunk, render: Callable[[str], bytes]) -> bytes | None:
+        """A non-final chunk's event, or None when it carries nothing; plain text of choice 0 takes the fast path."""
+        if chunk.index == 0 and not chunk.calls and not chunk.logprobs:
+            return render(chunk.text) if chunk.text else None
+        if not (chunk.text or chunk.calls or chunk.logprobs):
+            return None
+        return self._event(text=chunk.text or None if self.shape.chat else chunk.text, chunk=chunk)
+
+    def _finish_event(self, chunk: Chunk) -> bytes:
+        return self._event(text=chunk.text or None if self.shape.chat else chunk.text,
+                           finish=(chunk.finish_reason or FinishReason.STOP).value, chunk=chunk)
+
+    def _closing_events(self) -> list[bytes]:
+        events = [self._event(usage=self.usage, usage_only=True)] if self.shape.include_usage else []
         events.append(b"data: [DONE]\n\n")
         return events
 
@@ -229,21 +248,31 @@ class Generation:
         """The SSE body; its `finally` closes the engine stream however the response ends."""
         try:
             if self.shape.chat:
-                yield self._event(text="", role=True)
+                for index in range(self.shape.n):
+                    yield self._event(text="", role=True, chunk=Chunk("", index=index))
             text_event = self.text_event()
-            chunk = first
-            if chunk.finish_reason is None:
-                if chunk.text:
-                    yield text_event(chunk.text)
-                async for chunk in self.rest():
-                    if chunk.finish_reason is not None:
-                        break
-                    if chunk.text:
-                        yield text_event(chunk.text)
-            if chunk.finish_reason == FinishReason.CANCELLED:
-                yield self._error_event(_cancelled_error())
-                return
-            for event in self._finish_events(chunk):
+            running = self.shape.n
+
+            async def chunks() -> AsyncIterator[Chunk]:
+                yield first
+                if first.finish_reason is None or self.shape.n > 1:
+                    async for chunk in self.rest():
+                        yield chunk
+
+            async for chunk in chunks():
+                if chunk.finish_reason is None:
+                    event = self._delta(chunk, text_event)
+                    if event is not None:
+                        yield event
+                    continue
+                if chunk.finish_reason == FinishReason.CANCELLED:
+                    yield self._error_event(_cancelled_error())
+                    return
+                yield self._finish_event(chunk)
+                running -= 1
+                if not running:
+                    break
+            for event in self._closing_events():
                 yield event
         except ClawdError as exc:
             # Headers are gone already: report in-band like OpenAI does, then end the stream.

@@ -13,6 +13,7 @@ PREFIX = "clawd_edge"
 TOKEN_RATE_WINDOW = 30.0
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+EMBEDDING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 def _status_file_kib(field: str) -> int | None:
@@ -162,6 +163,12 @@ class ServerMetrics:
                                    ["finish_reason"], registry=r)
         self.rejected = Counter(f"{PREFIX}_rejected_requests", "Requests refused because the queue was full",
                                 registry=r)
+        self.embedding_requests = Counter(f"{PREFIX}_embedding_requests", "Embedding requests answered", registry=r)
+        self.embedding_inputs = Counter(f"{PREFIX}_embedding_inputs", "Inputs embedded", registry=r)
+        self.embedding_tokens = Counter(f"{PREFIX}_embedding_tokens", "Input tokens embedded", registry=r)
+        self.embedding_seconds = Histogram(f"{PREFIX}_embedding_seconds",
+                                           "Time the embedding worker spent on a request (queueing and loading "
+                                           "excluded)", buckets=EMBEDDING_BUCKETS, registry=r)
         self.rate = _TokenRate(TOKEN_RATE_WINDOW)
         Info(f"{PREFIX}_build", "The llama.cpp build profile and the CPU it runs on", registry=r).info(
             runtime_labels())
@@ -176,6 +183,12 @@ class ServerMetrics:
         self.completion_tokens.inc(completion)
         self.generations.labels(finish_reason).inc()
         self.rate.add(completion)
+
+    def observe_embedding(self, inputs: int, tokens: int, seconds: float) -> None:
+        self.embedding_requests.inc()
+        self.embedding_inputs.inc(inputs)
+        self.embedding_tokens.inc(tokens)
+        self.embedding_seconds.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -59,8 +59,9 @@ def openai_router(ctx: AppContext) -> APIRouter:
         record.stream = stream
         served = ctx.resolve(model)
         record.model = served
-        gen = Generation(ctx.engine, ctx.metrics, record, Shape(chat, served, include_usage),
-                         generation_request, record.start)
+        shape = Shape(chat, served, include_usage, n=generation_request.n,
+                      logprobs=generation_request.sampling.logprobs is not None)
+        gen = Generation(ctx.engine, ctx.metrics, record, shape, generation_request, record.start)
         try:
             first = await gen.admit(request.receive)
             if stream:

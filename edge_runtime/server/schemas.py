@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge_runtime.config import Settings
+from edge_runtime.engine.tools import ToolCall, parse_tools, tool_use
 from edge_runtime.engine.types import ChatMessage, GenerationRequest, SamplingParams
 from edge_runtime.errors import InvalidRequest
 
@@ -54,7 +55,7 @@ class _Sampling(_Strict):
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     response_format: ResponseFormat | None = None
     grammar: NonEmpty | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=300)] | None = None
     user: str | None = None
 
 
@@ -63,10 +64,44 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    arguments: str
+
+
+class MessageToolCall(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=64)] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+
+
+class FunctionDefinition(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_Sampling):
@@ -74,8 +109,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=64)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -115,16 +151,19 @@ def _structured(body: _Sampling) -> tuple[str | None, dict[str, Any] | None]:
     return None, fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else {}
 
 
-def _common_checks(body: _Sampling) -> None:
-    if body.n is not None and body.n != 1:
-        raise InvalidRequest("only n=1 is supported", param="n")
-    if body.logit_bias:
-        raise _unsupported("logit_bias", "logit_bias")
+def _logit_bias(body: _Sampling) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} as pairs; the engine checks the ids against the model's vocabulary."""
+    pairs = []
+    for key, bias in (body.logit_bias or {}).items():
+        if not key.isdigit() or len(key) > 10:
+            raise InvalidRequest(f"logit_bias keys must be token ids (non-negative integers), not {key[:40]!r}",
+                                 param="logit_bias")
+        pairs.append((int(key), bias))
+    return tuple(pairs)
 
 
-def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
+def sampling_params(body: _Sampling, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
     """Unset fields keep the engine's defaults (llama-server's); set ones override."""
-    _common_checks(body)
     grammar, schema = _structured(body)
     stop: tuple[str, ...] = () if body.stop is None else (body.stop,) if isinstance(body.stop, str) \
         else tuple(body.stop)
@@ -136,6 +175,7 @@ def sampling_params(body: _Sampling, max_tokens: int) -> SamplingParams:
     # llama.cpp seeds are uint32; OpenAI's are int64. Folding keeps "same seed -> same output".
     seed = None if body.seed is None else body.seed % (2**32)
     return SamplingParams(max_tokens=max_tokens, seed=seed, stop=stop, grammar=grammar, json_schema=schema,
+                          logit_bias=_logit_bias(body), logprobs=logprobs,
                           **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -147,27 +187,34 @@ def _content(message: Message) -> str:
     return "".join(part.text for part in message.content)
 
 
+def _message(m: Message, at: int) -> ChatMessage:
+    if m.role == "tool" and m.tool_call_id is None:
+        raise InvalidRequest("a tool message needs the tool_call_id of the call it answers",
+                             param=f"messages[{at}].tool_call_id")
+    if m.tool_calls and m.role != "assistant":
+        raise InvalidRequest("only assistant messages carry tool_calls", param=f"messages[{at}].tool_calls")
+    calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ())
+    return ChatMessage(role="system" if m.role == "developer" else m.role, content=_content(m), tool_calls=calls,
+                       tool_call_id=m.tool_call_id if m.role == "tool" else None, name=m.name)
+
+
 def chat_request(body: ChatCompletionRequest, settings: Settings) -> GenerationRequest:
-    if body.logprobs or body.top_logprobs:
-        raise _unsupported("logprobs", "logprobs")
-    if body.tools:
-        raise _unsupported("tools", "tool calling")
-    if body.tool_choice not in (None, "none", "auto"):
-        raise _unsupported("tool_choice", "tool_choice")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
     if body.max_completion_tokens is not None:
         max_tokens = _max_tokens(body.max_completion_tokens, "max_completion_tokens", settings)
     else:
         max_tokens = _max_tokens(body.max_tokens, "max_tokens", settings)
-    messages = tuple(
-        ChatMessage(role="system" if m.role == "developer" else m.role, content=_content(m))
-        for m in body.messages
-    )
-    return GenerationRequest(sampling=sampling_params(body, max_tokens), messages=messages)
+    tools = parse_tools([t.model_dump(exclude_none=True) for t in body.tools or ()])
+    choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
+    use = tool_use(tools, choice, body.parallel_tool_calls)
+    messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return GenerationRequest(sampling=sampling_params(body, max_tokens, logprobs), messages=messages, tools=use,
+                             n=body.n or 1)
 
 
 def completion_request(body: CompletionRequest, settings: Settings) -> GenerationRequest:
-    if body.logprobs:
-        raise _unsupported("logprobs", "logprobs")
     if body.echo:
         raise _unsupported("echo", "echo")
     if body.suffix:
@@ -181,4 +228,4 @@ def completion_request(body: CompletionRequest, settings: Settings) -> Generatio
     else:
         prompt = body.prompt
     max_tokens = _max_tokens(body.max_tokens, "max_tokens", settings)
-    return GenerationRequest(sampling=sampling_params(body, max_tokens), prompt=prompt)
+    return GenerationRequest(sampling=sampling_params(body, max_tokens, body.logprobs), prompt=prompt, n=body.n or 1)

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_runtime.cli import cli
-from edge_runtime.config import Settings, from_mapping, load, parse_size
+from edge_runtime.config import Settings, from_mapping, load, parse_size, to_dict
 from edge_runtime.errors import ConfigError
 
 
@@ -70,6 +70,12 @@ def test_env_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ("server: {port: 70000}\n", "server.port", "<= 65535"),
     ("server: {strict_model: 'yes'}\n", "server.strict_model", "true or false"),
     ("modules: {voice: {enabled: maybe}}\n", "modules.voice.enabled", "true or false"),
+    ("embedding_ctx: 8\n", "embedding_ctx", "8 is not allowed; expected an integer >= 16 and <= 32768"),
+    ("embedding_ctx: '512'\n", "embedding_ctx", "'512'"),
+    ("embedding_pooling: cls\n", "embedding_pooling", "one of auto, mean, last"),
+    ("embedding_model: ''\n", "embedding_model", "a non-empty string"),
+    ("embedding_model: 3\n", "embedding_model", "3 is not allowed"),
+    ("embeding_model: x\n", "embeding_model", "unknown key"),
 ])
 def test_errors_name_key_value_and_allowed(tmp_path: Path, text: str, key: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -77,6 +83,15 @@ def test_errors_name_key_value_and_allowed(tmp_path: Path, text: str, key: str, 
     message = str(info.value)
     assert f"{key}:" in message and fragment in message
     assert str(tmp_path / "config.yaml") in message
+
+
+def test_embedding_keys(tmp_path: Path) -> None:
+    defaults = Settings()
+    assert (defaults.embedding_model, defaults.embedding_ctx, defaults.embedding_pooling) == (None, 512, "auto")
+    s = load(write(tmp_path, "embedding_model: gemma3-270m-q4_k_m\nembedding_ctx: 256\nembedding_pooling: mean\n"))
+    assert (s.embedding_model, s.embedding_ctx, s.embedding_pooling) == ("gemma3-270m-q4_k_m", 256, "mean")
+    assert load(write(tmp_path, "embedding_model: null\n")).embedding_model is None
+    assert from_mapping(to_dict(s)) == s  # `config show` round-trips the new keys
 
 
 def test_invalid_yaml_names_line(tmp_path: Path) -> None:

@@ -195,8 +195,10 @@ def test_bad_requests_get_openai_errors_and_the_daemon_keeps_serving(daemon: Dae
         _assert_openai_error(client.post(chat, json={"messages": too_long, "stream": True}), 400, "messages")
         _assert_openai_error(client.post(chat, json={"messages": user, "max_tokens": SERVER_MAX_TOKENS + 1}),
                              400, "max_tokens")
-        _assert_openai_error(client.post(chat, json={"messages": user, "n": 2}), 400, "n")
-        _assert_openai_error(client.post(chat, json={"messages": user, "logprobs": True}), 400, "logprobs")
+        _assert_openai_error(client.post(chat, json={"messages": user, "n": 100}), 400, "n")
+        _assert_openai_error(client.post(chat, json={"messages": user, "top_logprobs": 2}), 400, "top_logprobs")
+        _assert_openai_error(client.post(chat, json={"messages": user, "logit_bias": {"99999999": 5}}), 400,
+                             "logit_bias")
         _assert_openai_error(client.post(chat, content=b"x" * 70000, headers={"Content-Type": "application/json"}),
                              413, code="request_too_large")
         def chunked() -> Any:  # no Content-Length: the limit is enforced while reading

@@ -72,10 +72,11 @@ def test_response_formats() -> None:
 @pytest.mark.parametrize(("fields", "param"), [
     ({"max_tokens": 513}, "max_tokens"),
     ({"max_completion_tokens": 10_000}, "max_completion_tokens"),
-    ({"n": 2}, "n"),
-    ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f f"}}]}, "tools[0].function.name"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"logit_bias": {"token": -100}}, "logit_bias"),
+    ({"messages": [{"role": "tool", "content": "22"}]}, "messages[0].tool_call_id"),
     ({"grammar": "root ::= x", "response_format": {"type": "json_object"}}, "grammar"),
 ])
 def test_unsupported_or_out_of_limit_fields_name_their_param(fields: dict[str, Any], param: str) -> None:
@@ -99,8 +100,7 @@ def test_completions_prompt_forms() -> None:
     assert completion_request(CompletionRequest.model_validate({"prompt": "x"}), SETTINGS).prompt == "x"
     assert completion_request(CompletionRequest.model_validate({"prompt": ["y"]}), SETTINGS).prompt == "y"
     for fields, param in (({"prompt": ["a", "b"]}, "prompt"), ({"prompt": "a", "echo": True}, "echo"),
-                          ({"prompt": "a", "suffix": "z"}, "suffix"), ({"prompt": "a", "best_of": 2}, "best_of"),
-                          ({"prompt": "a", "logprobs": 1}, "logprobs")):
+                          ({"prompt": "a", "suffix": "z"}, "suffix"), ({"prompt": "a", "best_of": 2}, "best_of")):
         with pytest.raises(InvalidRequest) as info:
             completion_request(CompletionRequest.model_validate(fields), SETTINGS)
         assert info.value.param == param
