@@ -5,7 +5,7 @@ import ctypes
 import enum
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,18 +89,97 @@ def library_dir(lib: Any) -> Path:
     return Path(lib.llama_cpp._lib._name).parent
 
 
-def _raw_function(lib: Any, name: str, argtypes: list[Any], restype: Any) -> Any:
+def raw_function(lib: Any, name: str, argtypes: list[Any], restype: Any) -> Any:
     """A private handle on a libllama function with our own signature (a bare address instead of a float *)."""
     fn = getattr(ctypes.CDLL(lib.llama_cpp._lib._name), name)
     fn.argtypes, fn.restype = argtypes, restype
     return fn
 
 
-def _address(pointer: Any) -> int:
+def _address(pointer: Any, what: str) -> int:
     value = ctypes.cast(pointer, ctypes.c_void_p).value
     if not value:
-        raise EngineError("llama.cpp could not allocate a batch")
+        raise EngineError(f"llama.cpp could not allocate {what}")
     return int(value)
+
+
+def flash_attn_type(lib: Any, mode: str) -> Any:
+    """llama.cpp's flash_attn_type for the `flash_attn` setting (auto, on, off)."""
+    modes = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+             "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}
+    return modes[mode]
+
+
+class Handles:
+    """A llama_model with the context and batch made for it, freed together: what the chat and the embeddings
+    runtimes share. Every method runs on the worker thread that owns them."""
+
+    def __init__(self, path: Path, *, mmap: bool, what: str, setup: Callable[[], None]) -> None:
+        """Load `what` from `path`, then `setup()` makes the context and batch; on any failure close() frees what
+        was made."""
+        lib = self.lib = import_llama()  # the CPU guard first, and llama.cpp's log routed to Python
+        lib.llama_backend_init()
+        mparams = lib.llama_model_default_params()
+        mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP if mmap and lib.llama_supports_mmap() \
+            else lib.LLAMA_LOAD_MODE_NONE
+        self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise ModelError(f"{path}: llama.cpp could not load {what} (unsupported architecture or corrupt tensor "
+                             "data; run with -v for llama.cpp's log)")
+        self.ctx: Any = None
+        self.batch: Any = None
+        try:
+            setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_context(self, cparams: Any, what: str) -> None:
+        """The context `cparams` describe, and the vocabulary and memory every runtime reads through."""
+        lib = self.lib
+        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise EngineError(f"llama.cpp could not create {what}")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+
+    def _init_batch(self, n: int, what: str) -> None:
+        """A batch of n tokens of one sequence each, and the addresses its tokens are written through."""
+        self.batch = self.lib.llama_batch_init(n, 0, 1)
+        self._token_addr = _address(self.batch.token, what)
+        self._pos_addr = _address(self.batch.pos, what)
+        self._logits_addr = _address(self.batch.logits, what)
+        self._seq_rows = [self.batch.seq_id[i] for i in range(n)]
+        for i in range(n):
+            self.batch.n_seq_id[i] = 1
+        self.batch.n_tokens = 0
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True,
+                 what: str = "the prompt") -> list[int]:
+        """The model's tokens for `text` (`what` names it in the error should llama.cpp fail)."""
+        raw = text.encode("utf-8")
+        size = len(raw) + 8
+        while True:
+            buf = (self.lib.llama_token * size)()
+            n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, size, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            if -n <= size:  # pragma: no cover - llama.cpp only returns a negative count when it needs more room
+                raise EngineError(f"llama.cpp failed to tokenize {what}")
+            size = -n
+
+    def close(self) -> None:
+        lib = self.lib
+        if self.batch is not None:
+            lib.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lib.llama_model_free(self.model)
+            self.model = None
 
 
 class Copy(enum.Enum):
@@ -111,28 +190,14 @@ class Copy(enum.Enum):
     EMPTIED = "emptied"
 
 
-class Runtime:
+class Runtime(Handles):
     """A loaded model + context sized by a MemoryPlan; every method runs on the engine's worker thread."""
 
     def __init__(self, plan: MemoryPlan, *, threads: int, flash_attn: str = "auto") -> None:
-        lib = self.lib = import_llama()
-        lib.llama_backend_init()
         self.plan = plan
-        mparams = lib.llama_model_default_params()
-        mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP if plan.use_mmap and lib.llama_supports_mmap() \
-            else lib.LLAMA_LOAD_MODE_NONE
-        self.model = lib.llama_model_load_from_file(str(plan.model_path).encode(), mparams)
-        if not self.model:
-            raise ModelError(f"{plan.model_path}: llama.cpp could not load the model (unsupported architecture "
-                             "or corrupt tensor data; run with -v for llama.cpp's log)")
-        self.ctx: Any = None
-        self.batch: Any = None
         self.greedy: GreedyPicker | None = None
-        try:
-            self._init_context(plan, threads, flash_attn)
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(plan.model_path, mmap=plan.use_mmap, what="the model",
+                         setup=functools.partial(self._init_context, plan, threads, flash_attn))
 
     def _init_context(self, plan: MemoryPlan, threads: int, flash_attn: str) -> None:
         lib = self.lib
@@ -153,16 +218,10 @@ class Runtime:
         kv_type = lib.GGML_TYPE_Q8_0 if plan.kv_type == "q8_0" else lib.GGML_TYPE_F16
         cparams.type_k = kv_type
         cparams.type_v = kv_type
-        modes = {"auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
-                 "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED}
         # A quantized V cache only works with flash attention.
-        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.kv_type == "q8_0" else modes[flash_attn]
-        self.ctx = lib.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            raise EngineError(f"llama.cpp could not create a context for {plan.describe()}")
-        self.vocab = lib.llama_model_get_vocab(self.model)
-        self.memory = lib.llama_get_memory(self.ctx)
-        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.kv_type == "q8_0" \
+            else flash_attn_type(lib, flash_attn)
+        self._create_context(cparams, f"a context for {plan.describe()}")
         self.n_ctx_seq = int(lib.llama_n_ctx_seq(self.ctx))
         self.n_batch = int(lib.llama_n_batch(self.ctx))
         self.n_swa = int(lib.llama_model_n_swa(self.model))
@@ -174,17 +233,10 @@ class Runtime:
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
-        self._logits_ith = _raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
-                                         ctypes.c_void_p)
+        self._logits_ith = raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
+                                        ctypes.c_void_p)
         self.greedy = GreedyPicker.create(library_dir(lib), self.n_vocab, threads)
-        self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        self._token_addr = _address(self.batch.token)
-        self._pos_addr = _address(self.batch.pos)
-        self._logits_addr = _address(self.batch.logits)
-        self._seq_rows = [self.batch.seq_id[i] for i in range(self.n_batch)]
-        for i in range(self.n_batch):
-            self.batch.n_seq_id[i] = 1
-        self.batch.n_tokens = 0
+        self._init_batch(self.n_batch, "a batch")
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -211,18 +263,6 @@ class Runtime:
                 for t in range(self.n_vocab) if lib.llama_vocab_get_attr(vocab, t) & mask]
 
     # -- text ---------------------------------------------------------------------------------------------
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        raw = text.encode("utf-8")
-        size = len(raw) + 8
-        while True:
-            buf = (self.lib.llama_token * size)()
-            n = self.lib.llama_tokenize(self.vocab, raw, len(raw), buf, size, add_special, parse_special)
-            if n >= 0:
-                return list(buf[:n])
-            if -n <= size:  # pragma: no cover - llama.cpp only returns a negative count when it needs more room
-                raise EngineError("llama.cpp failed to tokenize the prompt")
-            size = -n
-
     def piece(self, token: int) -> bytes:
         """The bytes of a generated token (control tokens render as nothing), cached per token id."""
         cached = self._pieces.get(token)
@@ -329,16 +369,7 @@ class Runtime:
         return int(self.lib.llama_decode(self.ctx, self.batch))
 
     def close(self) -> None:
-        lib = self.lib
         if self.greedy is not None:
             self.greedy.close()
             self.greedy = None
-        if self.batch is not None:
-            lib.llama_batch_free(self.batch)
-            self.batch = None
-        if self.ctx:
-            lib.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            lib.llama_model_free(self.model)
-            self.model = None
+        super().close()

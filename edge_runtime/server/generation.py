@@ -110,6 +110,7 @@ class Generation:
         self.created = int(time.time())
         self._iterator: AsyncIterator[Chunk] | None = None
         self._usages: list[Usage] = []
+        self._text_at: dict[int, int] = {}  # per choice: where the next streamed token's text begins
         self.usage = Usage(0, 0)  # the whole request's, once every choice has finished
 
     def _note(self, chunk: Chunk) -> None:
@@ -191,7 +192,13 @@ class Generation:
         index = chunk.index if chunk else 0
         logprobs = None
         if chunk is not None and self.shape.logprobs:
-            logprobs = chat_logprobs(chunk.logprobs) if self.shape.chat else completion_logprobs(chunk.logprobs)
+            if self.shape.chat:
+                logprobs = chat_logprobs(chunk.logprobs)
+            else:
+                # text_offset counts from the start of this choice's text, across its chunks.
+                at = self._text_at.get(index, 0)
+                logprobs = completion_logprobs(chunk.logprobs, at)
+                self._text_at[index] = at + sum(len(t) for t in logprobs["tokens"])
         if usage_only:
             body["choices"] = []
         elif self.shape.chat:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.config import ServerSettings, Settings
-from edge_runtime.engine.embeddings import EmbeddingEngine, Pooling, create_embeddings, plan_embeddings
+from edge_runtime.engine.embeddings import EmbeddingEngine, create_embeddings
+from edge_runtime.engine.embedplan import Pooling, plan_embeddings
 from edge_runtime.engine.planner import plan_for
 from edge_runtime.engine.types import EngineState
 from edge_runtime.errors import ConfigError, EngineBusy, InvalidRequest, MemoryPlanError, ShuttingDown
