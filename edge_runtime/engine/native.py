@@ -363,8 +363,8 @@ class Runtime(Handles):
         if outputs > self.n_outputs_max:
             # llama.cpp aborts the whole process (GGML_ASSERT) on a batch with more logits rows than the context
             # was made for; its output buffer is allocated once for n_outputs_max rows, which is also why the
-            # greedy graphs may keep row addresses for the context's life. Logprobs, n > 1 or speculative drafts
-            # must raise n_outputs_max first.
+            # greedy graphs may keep row addresses for the context's life. Speculative drafts (several rows per
+            # slot) must raise n_outputs_max first; logprobs and n > 1 read one row per slot, as sampling does.
             return TOO_MANY_OUTPUTS
         return int(self.lib.llama_decode(self.ctx, self.batch))
 
