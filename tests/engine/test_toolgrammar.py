@@ -1,9 +1,7 @@
 """Tool-call grammars: digit-range splitting (exhaustively), and llama.cpp's own grammar engine on real strings."""
 from __future__ import annotations
 
-import ctypes
 import json
-import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,8 +10,10 @@ from typing import Any
 import pytest
 
 from edge_runtime.engine.grammar import MAX_DEPTH
+from edge_runtime.engine.sampling import Sampler
 from edge_runtime.engine.toolgrammar import MAX_CALLS, MAX_DIGITS, IntRange, call_grammar, int_range
 from edge_runtime.engine.tools import FORMATS, Tool, parse_tools, tool_use
+from edge_runtime.engine.types import SamplingParams
 from edge_runtime.errors import InvalidRequest
 
 HERMES = FORMATS["hermes"]
@@ -93,6 +93,7 @@ def accepts(vocab: tuple[Any, Any]) -> Accepts:
     then end-of-generation (the grammar is complete)."""
     lib, voc = vocab
     eog = lib.llama_vocab_eos(voc)
+    n_vocab = int(lib.llama_vocab_n_tokens(voc))
 
     def tokens(text: str) -> list[int]:
         data = text.encode()
@@ -102,20 +103,13 @@ def accepts(vocab: tuple[Any, Any]) -> Accepts:
         return list(buf[:n])
 
     def check(grammar: str, text: str) -> bool:
-        sampler = lib.llama_sampler_init_grammar(voc, grammar.encode(), b"root")
-        assert sampler, "llama.cpp rejected the grammar"
+        # The engine's own check-then-accept (accepting a token the grammar refuses would abort the process);
+        # InvalidRequest if llama.cpp's parser rejects the grammar.
+        sampler = Sampler(lib, voc, SamplingParams(temperature=0.0), grammar, n_vocab=n_vocab, n_ctx=64)
         try:
-            for token in [*tokens(text), eog]:
-                cell = (lib.llama_token_data * 1)(lib.llama_token_data(token, 0.0, 0.0))
-                array = lib.llama_token_data_array(data=cell, size=1, selected=-1, sorted=False)
-                lib.llama_sampler_apply(sampler, ctypes.byref(array))
-                if math.isinf(cell[0].logit):
-                    return False
-                if token != eog:  # accepting a token the grammar refuses would abort the process
-                    lib.llama_sampler_accept(sampler, token)
-            return True
+            return all(sampler.accepts(token) for token in [*tokens(text), eog])
         finally:
-            lib.llama_sampler_free(sampler)
+            sampler.free()
 
     return check
 
