@@ -28,6 +28,12 @@ if [[ "$extras" == *dev* && "$(uname -m)" == x86_64 ]]; then
   # (on an ARM board the whole suite runs natively instead)
   apt_packages+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap)
 fi
+if [[ "$extras" == *dev* ]]; then
+  apt_packages+=(prometheus)  # promtool and a real Prometheus for the monitoring tests
+  # the container image (scripts/build-image.sh: a Debian root by mmdebstrap, committed by buildah) and its test
+  # under root podman; runc because crun 1.8 refuses hosts with a hybrid cgroup v1/v2 layout
+  apt_packages+=(mmdebstrap buildah podman runc uidmap fuse-overlayfs slirp4netns shellcheck)
+fi
 apt_install "${apt_packages[@]}"
 
 python="${PYTHON:-python3}"

@@ -355,7 +355,7 @@ async def run(args: argparse.Namespace, url: str, pid: int, proc: subprocess.Pop
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as client:
         await wait_ready(client, proc)
         m = await scrape(client)
-        slot_ctx = int(m["clawd_edge_kv_cache_total_cells"] // max(1, m["clawd_edge_slots_total"]))
+        slot_ctx = int(m["clawd_edge_kv_cache_total_cells"] // max(1, m["clawd_edge_slots_capacity"]))
         soak = Soak(url, headers, slot_ctx)
         t0 = time.monotonic()
         samples: list[dict[str, Any]] = []
@@ -384,7 +384,7 @@ async def run(args: argparse.Namespace, url: str, pid: int, proc: subprocess.Pop
         errors[r.kind].update([r.error] if r.error else [])
     return {
         "url": url, "pid": pid, "clients": args.clients, "minutes": args.minutes, "duration_s": round(duration, 1),
-        "slot_ctx": slot_ctx, "slots_total": int(m["clawd_edge_slots_total"]),
+        "slot_ctx": slot_ctx, "slots_total": int(m["clawd_edge_slots_capacity"]),
         "requests": {k: sum(1 for r in soak.results if r.kind == k) for k in KINDS},
         "errors": {k: dict(v) for k, v in errors.items() if v},
         "client_5xx": sum(1 for r in soak.results if r.error and r.error.startswith("status_5")),

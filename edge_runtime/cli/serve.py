@@ -90,7 +90,8 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
         log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
         # Same process, same engine: one model in RAM, the kiosk's turns take slots like HTTP requests do.
         kiosk = KioskService(settings, engine, parts, notify=notifier.status) if parts is not None else None
-        app = create_app(settings, engine, modules, kiosk, embeddings)
+        app = create_app(settings, engine, modules, kiosk, embeddings, served=resolved,
+                         memory_budget=llama.plan.budget)
     except BaseException:
         sock.close()
         if engine is not None:

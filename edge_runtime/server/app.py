@@ -18,13 +18,14 @@ from edge_runtime.modules import Module, stop_modules
 from .context import AppContext
 from .embeddings_api import embeddings_router
 from .errors import install_handlers
-from .metrics import ServerMetrics
+from .metrics import ServerMetrics, build_labels
 from .middleware import AccessLog, ApiKeyAuth, BodyLimit
 from .openai_api import openai_router
 
 if TYPE_CHECKING:
     from edge_runtime.engine.embeddings import EmbeddingEngine
     from edge_runtime.kiosk.service import KioskService
+    from edge_runtime.store import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,16 @@ def upload_paths(routers: Iterable[Any]) -> frozenset[str]:
 
 
 def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (),
-               kiosk: KioskService | None = None, embeddings: EmbeddingEngine | str | None = None) -> FastAPI:
+               kiosk: KioskService | None = None, embeddings: EmbeddingEngine | str | None = None, *,
+               served: ResolvedModel | None = None, memory_budget: int | None = None) -> FastAPI:
     """The HTTP API over `engine`; enabled kiosk `modules` get their routers mounted and run with the app, and
     `kiosk` (the dialogue loop on the same engine) starts after them and stops before them. `embeddings` serves
-    /v1/embeddings (or says why it is off); its owner closes it."""
-    metrics = ServerMetrics(engine.status, kiosk.snapshot if kiosk is not None else None)
+    /v1/embeddings (or says why it is off); its owner closes it. `served` (the model file and registry entry) and
+    `memory_budget` (the plan's) only label /metrics."""
+    quant = served.entry.quant if served is not None and served.entry is not None else None
+    build = build_labels(engine.status().model, served.path if served is not None else None, quant)
+    metrics = ServerMetrics(engine.status, kiosk.snapshot if kiosk is not None else None, build=build,
+                            memory_budget=memory_budget)
     ctx = AppContext(settings=settings, engine=engine, metrics=metrics)
     app = FastAPI(title="clawd-edge", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=_lifespan(tuple(modules), kiosk))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from edge_runtime.engine.types import EngineState, EngineStatus
@@ -14,6 +15,50 @@ TOKEN_RATE_WINDOW = 30.0
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 EMBEDDING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+def _llama_cpp_version() -> str:
+    try:
+        import llama_cpp
+    except ImportError:
+        return "none"
+    return str(getattr(llama_cpp, "__version__", "unknown"))
+
+
+def _gguf_quant(model_file: Path) -> str | None:
+    """The GGUF's general.file_type as llama.cpp names it (Q4_1, Q4_K_M, F16), or None when unreadable."""
+    from edge_runtime.errors import ClawdError
+    from edge_runtime.gguf_file import inspect
+
+    try:
+        file_type = inspect(model_file).file_type
+    except (ClawdError, OSError):
+        return None
+    if file_type is None:
+        return None
+    try:
+        import gguf
+
+        return str(gguf.LlamaFileType(file_type).name).removeprefix("MOSTLY_")
+    except (ImportError, ValueError):
+        return f"file_type_{file_type}"
+
+
+def build_labels(model: str, model_file: Path | None = None, quant: str | None = None) -> dict[str, str]:
+    """clawd_edge_build_info's labels for fleet views: package version, llama.cpp (llama-cpp-python) version, the
+    CPU build profile, the served model and its quantization (the GGUF's file type, else the registry's `quant`)."""
+    import importlib.metadata
+
+    from edge_runtime import __version__
+    from edge_runtime.cpu.build import runtime_labels
+
+    try:
+        version = importlib.metadata.version("clawd-edge")
+    except importlib.metadata.PackageNotFoundError:
+        version = __version__
+    file_quant = _gguf_quant(model_file) if model_file is not None else None
+    return {**runtime_labels(), "version": version, "llama_cpp": _llama_cpp_version(), "model": model or "unknown",
+            "quant": file_quant or quant or "unknown"}
 
 
 def _status_file_kib(field: str) -> int | None:
@@ -81,7 +126,8 @@ class _EngineCollector:
         yield state
         yield GaugeMetricFamily(f"{PREFIX}_queue_depth", "Requests waiting for a slot", value=s.queue_depth)
         yield GaugeMetricFamily(f"{PREFIX}_slots_active", "Slots generating right now", value=s.slots_busy)
-        yield GaugeMetricFamily(f"{PREFIX}_slots_total", "Parallel slots", value=s.slots_total)
+        # Not _slots_total: promtool reserves the _total suffix for counters.
+        yield GaugeMetricFamily(f"{PREFIX}_slots_capacity", "Parallel slots", value=s.slots_total)
         yield GaugeMetricFamily(f"{PREFIX}_kv_cache_used_cells", "KV cache cells in use", value=s.kv_cells_used)
         yield GaugeMetricFamily(f"{PREFIX}_kv_cache_total_cells", "KV cache cells", value=s.kv_cells_total)
         yield GaugeMetricFamily(f"{PREFIX}_kv_cache_cached_cells",
@@ -139,10 +185,11 @@ class ServerMetrics:
     """All metrics of one app; nothing global, so two apps in one process (tests) do not collide."""
 
     def __init__(self, status: Callable[[], EngineStatus],
-                 kiosk: Callable[[], dict[str, Any]] | None = None) -> None:
+                 kiosk: Callable[[], dict[str, Any]] | None = None, *, build: Mapping[str, str] | None = None,
+                 memory_budget: int | None = None) -> None:
+        """`build`: clawd_edge_build_info's labels (build_labels(); default: the runtime's only, model unknown);
+        `memory_budget`: the memory plan's budget in bytes, exported for the memory alert."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
-
-        from edge_runtime.cpu.build import runtime_labels
 
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
@@ -170,8 +217,11 @@ class ServerMetrics:
                                            "Time the embedding worker spent on a request (queueing and loading "
                                            "excluded)", buckets=EMBEDDING_BUCKETS, registry=r)
         self.rate = _TokenRate(TOKEN_RATE_WINDOW)
-        Info(f"{PREFIX}_build", "The llama.cpp build profile and the CPU it runs on", registry=r).info(
-            runtime_labels())
+        Info(f"{PREFIX}_build", "Version, llama.cpp build profile, CPU, served model and quantization",
+             registry=r).info(dict(build) if build is not None else build_labels(""))
+        if memory_budget is not None:
+            Gauge(f"{PREFIX}_memory_budget_bytes", "The memory plan's budget: memory_budget in the config, else "
+                  "the cgroup limit, else MemAvailable at start", registry=r).set(memory_budget)
         ProcessCollector(registry=r)
         r.register(_EngineCollector(status, self.rate))  # type: ignore[arg-type]
         if kiosk is not None:

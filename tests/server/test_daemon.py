@@ -292,7 +292,7 @@ def test_metrics_parse_and_count_requests_tokens_and_latency(daemon: Daemon) -> 
     assert metrics["clawd_edge_time_to_first_token_seconds_count"] >= 1
     assert metrics["clawd_edge_completion_tokens_total"] >= 1
     assert metrics["clawd_edge_prompt_tokens_total"] >= 1
-    assert metrics["clawd_edge_slots_total"] == 4
+    assert metrics["clawd_edge_slots_capacity"] == 4
     assert metrics["clawd_edge_kv_cache_total_cells"] >= 4 * SLOT_CONTEXT
     assert metrics["clawd_edge_model_load_seconds"] > 0
     assert metrics["clawd_edge_rss_bytes"] > 50 * 2**20
