@@ -132,11 +132,11 @@ class Sampler:
         """
         if self.grammar is None:
             return True
-        data = (self._lib.llama_token_data * 1)()
-        data[0].id, data[0].logit, data[0].p = token, 1.0, 0.0
-        array = self._lib.llama_token_data_array(data=data, size=1, selected=-1, sorted=False)
-        self._lib.llama_sampler_apply(self.grammar, ctypes.byref(array))
-        if not math.isfinite(data[0].logit):
+        cell = self._single_data[0]
+        cell.id, cell.logit, cell.p = token, 1.0, 0.0
+        self._single.size, self._single.selected = 1, -1
+        self._lib.llama_sampler_apply(self.grammar, ctypes.byref(self._single))
+        if not math.isfinite(cell.logit):
             return False
         self._lib.llama_sampler_accept(self.grammar, token)
         return True
@@ -185,12 +185,12 @@ class Sampler:
             self.full = lib.llama_sampler_chain_init(params)
             lib.llama_sampler_chain_add(self.full, self.grammar)  # the chain owns it from here on
             self.penalties = self._steps(self.full, p)
+            # One candidate, reused for every check of a single token against the grammar (accepts()).
+            self._single_data = (lib.llama_token_data * 1)()
+            self._single = lib.llama_token_data_array(data=self._single_data, size=1, selected=-1, sorted=False)
             if self.penalties is None:
                 self.chain = lib.llama_sampler_chain_init(params)
                 self._steps(self.chain, p)
-                self._single_data = (lib.llama_token_data * 1)()
-                self._single = lib.llama_token_data_array(data=self._single_data, size=1, selected=-1,
-                                                           sorted=False)
                 if not p.logit_bias:  # a biased token may rank anywhere: the shortlist is of raw logits
                     self._short_data = (lib.llama_token_data * GRAMMAR_SHORTLIST)()
                     self._short = lib.llama_token_data_array(data=self._short_data, size=GRAMMAR_SHORTLIST,
@@ -211,12 +211,7 @@ class Sampler:
             return int(lib.llama_sampler_sample(self.chain, ctx, index))
         if self.chain is not None:
             token = int(lib.llama_sampler_sample(self.chain, ctx, index))
-            cell = self._single_data[0]
-            cell.id, cell.logit, cell.p = token, 1.0, 0.0
-            self._single.size, self._single.selected = 1, -1
-            lib.llama_sampler_apply(self.grammar, ctypes.byref(self._single))
-            if math.isfinite(self._single_data[0].logit):
-                lib.llama_sampler_accept(self.grammar, token)
+            if self.accepts(token):
                 return token
             picked = self._from_shortlist(ctx, index) if self._short is not None else None
             if picked is not None:

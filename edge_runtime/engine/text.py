@@ -19,6 +19,16 @@ class Utf8Stream:
         return self._decoder.decode(b"", final=True)
 
 
+def partial_tail(text: str, markers: Sequence[str]) -> int:
+    """The length of the longest end of `text` that is a proper beginning of one of `markers` (text to hold back
+    until the next piece shows whether the marker follows)."""
+    for k in range(min(len(text), max(len(m) for m in markers) - 1), 0, -1):
+        tail = text[-k:]
+        if any(k < len(m) and m.startswith(tail) for m in markers):
+            return k
+    return 0
+
+
 class StopMatcher:
     """Cuts the stream at the first stop string; holds back any tail that could be the start of one."""
 
@@ -35,12 +45,7 @@ class StopMatcher:
         if hits:
             self._held = ""
             return buf[:min(hits)], True
-        keep = 0
-        for stop in self.stops:
-            for k in range(min(len(stop) - 1, len(buf)), keep, -1):
-                if buf.endswith(stop[:k]):
-                    keep = k
-                    break
+        keep = partial_tail(buf, self.stops)
         self._held = buf[len(buf) - keep:] if keep else ""
         return buf[:len(buf) - keep], False
 

@@ -5,7 +5,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .tools import CallFormat, Tool, new_call_id
+from .text import partial_tail
+from .tools import CallFormat, Tool, new_call_id, plain_json
 
 _WS = " \t\r\n"
 # Characters of JSON numbers and of true/false/null: anything else outside a string cannot be JSON.
@@ -127,7 +128,7 @@ class CallParser:
         self._held = ""
         at = s.find(marker)
         if at < 0:
-            keep = _prefix_tail(s, (marker,))
+            keep = partial_tail(s, (marker,))
             self._emit(s[:len(s) - keep], events, before_call=False)
             self._held = s[len(s) - keep:]
             return s, len(s)
@@ -307,7 +308,7 @@ class CallParser:
         self._held = ""
         ends = [(at, m) for m in (fmt.close, fmt.open) if (at := s.find(m)) >= 0]
         if not ends:
-            keep = _prefix_tail(s, (fmt.open, fmt.close))
+            keep = partial_tail(s, (fmt.open, fmt.close))
             b.raw.append(s[:len(s) - keep])
             self._held = s[len(s) - keep:]
             return s, len(s)
@@ -356,7 +357,7 @@ class CallParser:
 
         validator = self._validators.get(name)
         if validator is None:
-            validator = self._validators[name] = jsonschema.Draft202012Validator(_plain(tool.parameters))
+            validator = self._validators[name] = jsonschema.Draft202012Validator(plain_json(tool.parameters))
         error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         if error is None:
             return None
@@ -365,21 +366,7 @@ class CallParser:
         return reason if len(reason) <= _MAX_REASON else reason[:_MAX_REASON - 3] + "..."
 
 
-def _prefix_tail(s: str, markers: tuple[str, ...]) -> int:
-    """The length of the longest end of `s` that is a proper beginning of one of the markers."""
-    for k in range(min(len(s), max(len(m) for m in markers) - 1), 0, -1):
-        tail = s[-k:]
-        if any(k < len(m) and m.startswith(tail) for m in markers):
-            return k
-    return 0
-
-
 def _no_constant(name: str) -> Any:
     # Python's json takes NaN and Infinity; JSON (and the client's parser) does not.
     raise ValueError(f"{name} is not JSON")
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return value
-    return dict(value)

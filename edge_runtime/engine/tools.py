@@ -287,15 +287,15 @@ def _template_arguments(arguments: str) -> Any:
 def openai_tools(tools: tuple[Tool, ...]) -> list[dict[str, Any]]:
     """The tools as OpenAI objects, for templates that render them."""
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                              "parameters": _plain(t.parameters)}} for t in tools]
+                                              "parameters": plain_json(t.parameters)}} for t in tools]
 
 
-def _plain(value: Any) -> Any:
-    """Plain dicts for jinja2's tojson (json.dumps cannot serialise a MappingProxyType)."""
+def plain_json(value: Any) -> Any:
+    """Plain dicts and lists for jinja2's tojson and jsonschema (json.dumps cannot serialise a MappingProxyType)."""
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     return value
 
 
