@@ -3,7 +3,8 @@
 #
 # Usage: scripts/build-image.sh [--arch amd64|arm64] [--profile P] [--tag NAME:TAG] [--wheel FILE] [--reuse]
 #                               [--keep-rootfs]
-#   --arch     image architecture (default: amd64); arm64 needs qemu-user-static registered with binfmt_misc,
+#   --arch     image architecture (default: this machine's, so `make test` builds and runs a native image on
+#              x86 and on ARM boards alike); another one needs qemu-user-static registered with binfmt_misc,
 #              because Debian's maintainer scripts run inside the new root
 #   --profile  llama.cpp build profile (`python3 -m edge_runtime.cpu list`); default: the most portable one of
 #              the architecture (x86-64-v2, armv8-a), so the image runs on any CPU of the fleet
@@ -26,7 +27,8 @@ set -euo pipefail
 src="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=scripts/lib.sh
 source "$src/scripts/lib.sh"
-arch=amd64; profile=""; tag=""; wheel=""; keep=0; reuse=0
+case "$(uname -m)" in aarch64) arch=arm64 ;; *) arch=amd64 ;; esac
+profile=""; tag=""; wheel=""; keep=0; reuse=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --arch) arch="${2:?--arch needs amd64 or arm64}"; shift 2 ;;
@@ -35,7 +37,7 @@ while [ $# -gt 0 ]; do
         --wheel) wheel="${2:?--wheel needs a file}"; shift 2 ;;
         --reuse) reuse=1; shift ;;
         --keep-rootfs) keep=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
