@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown, fresh
 from ..gguf_file import inspect
 from .grammar import grammar_text
+from .outbox import Outbox
 from .planner import MemoryPlan, plan_for
 from .prompt import PromptBuilder, call_format
 from .sampling import validate
@@ -34,15 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # n > 1 asks for this many choices at most: each takes a slot (or waits for one) like a request of its own.
 MAX_CHOICES = 16
-# A stream's text is delivered at most this often (its first token and its end at once); see _flush. 50 ms is
+# A stream's text is delivered at most this often (its first token and its end at once); see Outbox. 50 ms is
 # below what a reader or the kiosk's sentence splitter notices, and each delivery wakes the event loop, whose CPU
 # time comes out of llama.cpp's two threads on a 2-core board (measured: +1-2% single-stream tok/s over 20 ms).
 STREAM_INTERVAL = 0.05
-
-
-def _deliver(items: list[tuple[Job, Chunk | BaseException]]) -> None:
-    for job, item in items:
-        job.queue.put_nowait(item)
 
 
 class LlamaEngine:
@@ -78,9 +74,7 @@ class LlamaEngine:
         self._stats = Stats()
         self._sched: Scheduler | None = None
         self._waiting: deque[Job] = deque()
-        self._outbox: list[tuple[Job, Chunk | BaseException]] = []
-        self._holding: list[Job] = []
-        self._stream_interval = stream_interval
+        self._outbox = Outbox(stream_interval)
         self._idle_since = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="clawd-edge-engine", daemon=True)
         self._thread.start()
@@ -167,8 +161,33 @@ class LlamaEngine:
             prompt_tokens_evaluated_total=s.prompt_tokens_evaluated, cached_prompt_tokens_total=s.cached_prompt_tokens,
             completion_tokens_total=s.completion_tokens, requests_finished_total=s.requests_finished,
             requests_cancelled_total=s.requests_cancelled, loads_total=self._loads,
-            prefix_copies_total=s.prefix_copies, memory_plan=self.plan.describe(),
+            prefix_copies_total=s.prefix_copies, memory_plan=self.plan.describe(), expires_at=self._expires_at(),
         )
+
+    def _expires_at(self) -> float | None:
+        """Wall-clock time the loaded model unloads at if no request arrives (while busy: keep_alive from now)."""
+        keep_alive = self._keep_alive
+        if self._sched is None or math.isinf(keep_alive):
+            return None
+        idle_for = 0.0 if self._inflight else max(0.0, time.monotonic() - self._idle_since)
+        return time.time() - idle_for + keep_alive
+
+    def keep_alive(self, seconds: float, *, load: bool = False) -> None:
+        """Keep the model loaded for `seconds` after the engine is next idle (Ollama's per-request keep_alive: the
+        last caller's value wins); 0 unloads as soon as no request runs, negative or inf never unloads.
+
+        `load` also loads an unloaded model now (Ollama's empty request that preloads); status() says LOADING from
+        this call on, so wait_ready() waits for it. A keep_alive of 0 never loads.
+        """
+        if math.isnan(seconds):
+            raise InvalidRequest("keep_alive must be a number of seconds", param="keep_alive")
+        with self._cond:
+            self._keep_alive = math.inf if seconds < 0 else seconds
+            if load and seconds != 0 and self._sched is None and not (self._closing or self._halting):
+                self._want_load = True
+                if self._state is not EngineState.FAILED:
+                    self._state, self._reason = EngineState.LOADING, f"loading {self.plan.model_path}"
+            self._cond.notify()
 
     def halt(self) -> None:
         """Stop generating, for shutdown: running answers end as cancelled (a final chunk each), queued and new
@@ -202,65 +221,12 @@ class LlamaEngine:
             self._cond.notify()
 
     # -- worker thread -------------------------------------------------------------------------------------
-    def _emit(self, job: Job, item: Chunk | BaseException) -> None:
-        if isinstance(item, Chunk) and item.finish_reason is None:
-            if not job.held and not job.held_logprobs:
-                self._holding.append(job)
-            job.held += item.text  # _flush decides when it goes out
-            job.held_logprobs.extend(item.logprobs)
-            return
-        if job.held or job.held_logprobs:
-            if isinstance(item, Chunk):
-                item = dataclasses.replace(item, text=job.held + item.text,
-                                           logprobs=(*job.held_logprobs, *item.logprobs))
-            else:
-                self._outbox.append((job, self._held_chunk(job)))
-            job.held = ""
-            job.held_logprobs.clear()
-        self._outbox.append((job, item))
-
-    @staticmethod
-    def _held_chunk(job: Job) -> Chunk:
-        return Chunk(job.held, index=job.index, logprobs=tuple(job.held_logprobs))
-
     def _done(self, job: Job) -> None:
         if job.finished:
             return
         job.finished = True
         with self._cond:
             self._inflight -= 1
-
-    def _flush(self) -> None:
-        """Post this step's chunks, one wake-up per event loop.
-
-        A stream's text goes out at once when it has been quiet for `stream_interval`, else it is merged into the
-        next delivery: waking the event loop for every token steals CPU from llama.cpp's threads on a 2-core board.
-        """
-        if self._holding:
-            now = time.monotonic()
-            still = []
-            for job in self._holding:
-                if not (job.held or job.held_logprobs) or job.cancelled:
-                    continue
-                if now - job.sent_at >= self._stream_interval:
-                    self._outbox.append((job, self._held_chunk(job)))
-                    job.held = ""
-                    job.held_logprobs.clear()
-                    job.sent_at = now
-                else:
-                    still.append(job)
-            self._holding = still
-        if not self._outbox:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Chunk | BaseException]]] = {}
-        for job, item in self._outbox:
-            by_loop.setdefault(job.loop, []).append((job, item))
-        self._outbox = []
-        for loop, items in by_loop.items():
-            try:  # one wake-up per event loop per step, not one per token
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:
-                log.debug("a consumer's event loop is closed; dropping %d chunk(s)", len(items))
 
     def _idle_deadline(self) -> float | None:
         if self._sched is None or math.isinf(self._keep_alive):
@@ -292,7 +258,7 @@ class LlamaEngine:
                 if self._closing:
                     break
                 self._tick()
-                self._flush()
+                self._outbox.flush()
         except BaseException as exc:
             log.exception("engine worker crashed")
             self._crash = f"engine worker crashed: {type(exc).__name__}: {exc}"
@@ -348,7 +314,7 @@ class LlamaEngine:
         self._loads += 1
         specials = None if self._settings.parse_special_in_messages else SpecialText(runtime.control_texts())
         prompts = PromptBuilder(runtime, self._template, self._settings.system_prompt, specials)
-        self._sched = Scheduler(runtime, prompts, self._stats, self._emit, self._done)
+        self._sched = Scheduler(runtime, prompts, self._stats, self._outbox.emit, self._done)
         self._idle_since = time.monotonic()
         self._state = EngineState.READY
         self._reason = (f"ready: {self.plan.n_parallel} slot(s) x {self._sched.slot_limit} ctx, KV {self.plan.kv_type},"
@@ -376,8 +342,8 @@ class LlamaEngine:
             job = self._waiting.popleft()
             if not job.finished:
                 self._done(job)
-                self._emit(job, error())
-        self._flush()
+                self._outbox.emit(job, error())
+        self._outbox.flush()
 
     def _shutdown(self) -> None:
         with self._cond:

@@ -133,6 +133,8 @@ class EngineStatus:
     prefix_copies_total: int = 0
     # The memory plan (MemoryPlan.describe()) the engine runs with.
     memory_plan: str = ""
+    # UNIX time at which the loaded model unloads if no request arrives (keep_alive); None: not loaded, or never.
+    expires_at: float | None = None
 
 
 class Engine(Protocol):
@@ -143,5 +145,10 @@ class Engine(Protocol):
         ...
 
     def status(self) -> EngineStatus: ...
+
+    def keep_alive(self, seconds: float, *, load: bool = False) -> None:
+        """Keep the model loaded `seconds` after the engine is next idle (0: unload when idle; < 0: never unload);
+        `load` also loads it now."""
+        ...
 
     async def close(self) -> None: ...

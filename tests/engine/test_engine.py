@@ -350,3 +350,33 @@ def test_wait_ready_returns_for_preloaded_and_on_demand_engines(make_engine: Mak
     on_demand = make_engine(keep_alive=0.0)
     asyncio.run(asyncio.wait_for(wait_ready(on_demand), timeout=5))  # nothing loads until the first request
     assert on_demand.status().loads_total == 0
+
+
+def test_per_request_keep_alive_unloads_preloads_and_reports_expiry(make_engine: MakeEngine) -> None:
+    import math
+    import time
+
+    from edge_runtime.engine.ready import wait_ready
+
+    engine = make_engine(keep_alive=math.inf)
+    asyncio.run(asyncio.wait_for(wait_ready(engine), timeout=60))
+    assert engine.status().state is EngineState.READY and engine.status().expires_at is None  # inf: never
+
+    engine.keep_alive(120)
+    expires = engine.status().expires_at
+    assert expires is not None and 110 < expires - time.time() <= 120
+
+    engine.keep_alive(0)  # Ollama's keep_alive 0 on an idle engine: unload now
+    asyncio.run(wait_for(lambda: engine.status().state is EngineState.UNLOADED, timeout=10))
+    assert engine.status().expires_at is None
+
+    engine.keep_alive(0, load=True)  # 0 never loads
+    assert engine.status().state is EngineState.UNLOADED
+    engine.keep_alive(-1, load=True)  # negative: load now and keep for ever
+    assert engine.status().state is EngineState.LOADING  # at once, so wait_ready cannot return early
+    asyncio.run(asyncio.wait_for(wait_ready(engine), timeout=60))
+    assert engine.status().state is EngineState.READY and engine.status().loads_total == 2
+    text, _ = asyncio.run(collect(engine, chat(QUESTION, max_tokens=16)))
+    assert text and engine.status().state is EngineState.READY
+    with pytest.raises(InvalidRequest):
+        engine.keep_alive(math.nan)
