@@ -113,7 +113,8 @@ class Sampler:
         seen = self._seen + text
         at = seen.find(trigger)
         if at < 0:
-            self._seen = seen[len(seen) - len(trigger) + 1:] if len(trigger) > 1 else ""
+            # The longest tail that may still be the trigger's start (the trigger spans tokens: "<", "tool", ...).
+            self._seen = seen[-(len(trigger) - 1):] if len(trigger) > 1 else ""
             return True
         self._lazy, self._seen = None, ""
         self.free()
