@@ -116,10 +116,14 @@ class Settings:
     embedding_model: str | None = None
     embedding_ctx: int = 512
     embedding_pooling: str = "auto"
+    # llama.cpp RPC workers (`clawd-edge rpc-worker`, host:port) that hold an even share of the model's layers.
+    rpc: tuple[str, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
     modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
     # The dialogue loop is not a plugin: its options live here and edge_runtime.kiosk validates them.
     kiosk: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # The Wyoming server (Home Assistant) likewise: edge_runtime.wyoming validates its options.
+    wyoming: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def total_context(self) -> int:
@@ -277,11 +281,19 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Settings:
             values[key] = value if isinstance(value, ServerSettings) else _server(value, source)
         elif key == "modules":
             values[key] = _modules(value, source)
-        elif key == "kiosk":
+        elif key in ("kiosk", "wyoming"):
             if value is not None and not isinstance(value, Mapping):
-                raise ConfigError(f"{value!r} is not allowed; expected a mapping of kiosk options",
-                                  key="kiosk", source=source)
+                raise ConfigError(f"{value!r} is not allowed; expected a mapping of {key} options",
+                                  key=key, source=source)
             values[key] = MappingProxyType(dict(value or {}))
+        elif key == "rpc":
+            # A list, or one comma-separated string (what --rpc and an environment variable give).
+            items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+            if items is None:
+                items = []
+            if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items):
+                raise ConfigError(f"{value!r} is not allowed; expected a list of host:port", key=key, source=source)
+            values[key] = tuple(v.strip() for v in items)
         elif key == "memory_budget":
             values[key] = None if value is None else parse_size(value, "memory_budget", source)
         elif key in ("models_dir", "registry"):
@@ -304,8 +316,10 @@ def to_dict(settings: Settings) -> dict[str, Any]:
             value = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(value).items()}
         elif f.name == "modules":
             value = {n: {"enabled": m.enabled, **dict(m.options)} for n, m in value.items()}
-        elif f.name == "kiosk":
+        elif f.name in ("kiosk", "wyoming"):
             value = dict(value)
+        elif f.name == "rpc":
+            value = list(value)
         out[f.name] = value
     return out
 

@@ -89,6 +89,10 @@ class ShuttingDown(EngineBusy):
     """The server is stopping: this request will not run here; retry once it is back."""
 
 
+class WorkerLost(EngineError):
+    """An RPC worker holding part of the model died: this process cannot decode again and exits to be restarted."""
+
+
 class InvalidRequest(ClawdError):
     """A generation request is malformed (too long a prompt, bad grammar, out-of-range parameter)."""
 

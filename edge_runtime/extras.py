@@ -12,7 +12,7 @@ EXTRA_OF_MODULE: Mapping[str, str] = MappingProxyType({
     "fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "starlette": "server",
     "pydantic": "server", "sounddevice": "voice", "vosk": "voice", "pocketsphinx": "voice", "multipart": "voice",
     "pytesseract": "ocr", "cv2": "ocr", "PIL": "ocr", "sentencepiece": "convert", "tqdm": "convert",
-    "piper": "piper",
+    "piper": "piper", "wyoming": "wyoming", "zeroconf": "zeroconf",
 })
 
 

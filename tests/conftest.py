@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .rpc_workers import RpcWorkers
+from .speech import ko_engine, ko_model_dir, ko_speech, piper_question, sphinx_engine  # noqa: F401 - fixtures
 
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -35,3 +39,11 @@ def gemma3_path() -> Path:
     if not target.is_file():
         gemma.assemble(target)
     return target
+
+
+@pytest.fixture()
+def rpc_workers(tmp_path: Path) -> Iterator[RpcWorkers]:
+    """Real `clawd-edge rpc-worker` processes on loopback, started by the test, killed at teardown."""
+    workers = RpcWorkers(tmp_path)
+    yield workers
+    workers.stop_all()

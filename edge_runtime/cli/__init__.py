@@ -27,7 +27,11 @@ COMMANDS: dict[str, str] = {
     "say": "edge_runtime.cli.voice:say",
     "ocr": "edge_runtime.cli.ocr:ocr",
     "kiosk": "edge_runtime.cli.kiosk:kiosk",
+    "rpc-worker": "edge_runtime.cli.rpc_worker:rpc_worker",
+    "wyoming": "edge_runtime.cli.wyoming:wyoming",
     "convert": "convert.cli:convert",
+    "health": "edge_runtime.cli.fleet:health",
+    "fleet": "edge_runtime.cli.fleet:fleet",
 }
 
 

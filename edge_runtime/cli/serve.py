@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from edge_runtime.engine.types import Engine
     from edge_runtime.sdnotify import Notifier
     from edge_runtime.store import ResolvedModel
+    from edge_runtime.wyoming.server import WyomingServer
 
 log = logging.getLogger("edge_runtime.serve")
 
@@ -47,9 +49,10 @@ def _embeddings(settings: Settings, chat_model: ResolvedModel, chat_name: str,
     return engine
 
 
-async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) -> None:
+async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None, wyoming_uri: str | None) -> None:
     from edge_runtime.kiosk.service import KioskService, build_parts, daemon_kiosk_options
     from edge_runtime.modules import enabled_modules
+    from edge_runtime.wyoming.options import daemon_wyoming_options
 
     # Configuration errors (the kiosk section, modules) fail before the port is taken or the model loaded: a typo
     # in modules.voice.* is one line in a fraction of a second, not after a model load. Building a module only
@@ -58,6 +61,13 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
     modules = enabled_modules(settings)
     # An enabled voice/ocr module is shared with the kiosk (one speech model); otherwise it builds its own.
     parts = build_parts(settings, kiosk_options, running=modules) if kiosk_options.enabled else None
+    wyoming_options = daemon_wyoming_options(settings, wyoming_uri)
+    wyoming: WyomingServer | None = None
+    if wyoming_options.enabled:
+        from edge_runtime.wyoming.server import WyomingServer, shared_voice
+
+        # The same voice module as the HTTP routes and the kiosk: one speech model in memory.
+        voice, owns_voice = shared_voice(settings, [*modules, parts.voice if parts is not None else None])
     # The web stack (FastAPI, uvicorn: a third of a second to import) only once the configuration is known good.
     from edge_runtime.engine import create_engine
     from edge_runtime.server import create_app
@@ -85,15 +95,22 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
         name = engine.status().model
         log.info("memory plan for %s: %s", name, llama.plan.describe())
         embeddings = _embeddings(settings, resolved, name, llama.plan)
+        if wyoming_options.enabled:
+            # Listening before the model is ready: Home Assistant's describe has a 1 s timeout.
+            wyoming = WyomingServer(settings, wyoming_options, engine, voice, owns_voice=owns_voice)
+            await wyoming.start()
         if settings.keep_alive != 0:  # keep_alive 0 means "load on demand": nothing to wait for
             await wait_ready(engine)
         log.info("model %s ready in %.2f s (%s)", name, time.monotonic() - started, resolved.path)
         # Same process, same engine: one model in RAM, the kiosk's turns take slots like HTTP requests do.
         kiosk = KioskService(settings, engine, parts, notify=notifier.status) if parts is not None else None
         app = create_app(settings, engine, modules, kiosk, embeddings, served=resolved,
-                         memory_budget=llama.plan.budget)
+                         memory_budget=llama.plan.budget,
+                         layers=llama.plan.split.layers() if llama.plan.split is not None else None)
     except BaseException:
         sock.close()
+        if wyoming is not None:
+            await wyoming.stop()
         if engine is not None:
             await engine.close()
         if embeddings is not None and not isinstance(embeddings, str):
@@ -102,8 +119,11 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
     # The embedding engine is halted with the modules just before the drain bound (running and queued requests
     # get a proper 503 rather than being cut off), and closed once the server and the chat engine are done.
     halted = (*modules, embeddings) if not isinstance(embeddings, str) else tuple(modules)
+    # Wyoming requests get the HTTP drain's time, less the margin the engine's halt keeps for final answers.
+    grace = max(0.0, settings.server.shutdown_timeout - 2.0)
+    stops = [functools.partial(wyoming.stop, grace)] if wyoming is not None else []
     try:
-        await serve(settings, engine, app, sock, notifier, kiosk, halted)
+        await serve(settings, engine, app, sock, notifier, kiosk, halted, stops)
     finally:
         if not isinstance(embeddings, str):
             await embeddings.close()
@@ -126,14 +146,21 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None) 
               help="Require 'Authorization: Bearer KEY' on every route but /health (default: server.api_key).")
 @click.option("--kiosk/--no-kiosk", "kiosk", default=None,
               help="Also run the voice/OCR kiosk loop on the same engine (default: kiosk.enabled).")
+@click.option("--wyoming", "wyoming", metavar="URI", default=None,
+              help="Also serve Home Assistant's Wyoming protocol here, e.g. tcp://0.0.0.0:10300 (default: "
+                   "wyoming.uri when wyoming.enabled).")
+@click.option("--rpc", "rpc", metavar="HOST:PORT,...", default=None,
+              help="Put an even share of the model's layers on these `clawd-edge rpc-worker`s (trusted links only); "
+                   "'' for none (default: rpc).")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, host: str | None, port: int | None, parallel: int | None,
-          context: int | None, threads: int | None, api_key: str | None, kiosk: bool | None) -> None:
+          context: int | None, threads: int | None, api_key: str | None, kiosk: bool | None,
+          wyoming: str | None, rpc: str | None) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /health, /metrics)."""
     from edge_runtime.sdnotify import Notifier
 
     settings = state(ctx).settings.replace(
-        model_path=model, threads=threads, parallel=parallel, context=context,
+        model_path=model, threads=threads, parallel=parallel, context=context, rpc=rpc,
         **{"server.host": host, "server.port": port, "server.api_key": api_key},
     )
     # A daemon logs its requests by default (journald-friendly); -v still adds uvicorn's own messages.
@@ -142,7 +169,7 @@ def serve(ctx: click.Context, model: str | None, host: str | None, port: int | N
         runtime_log.setLevel(logging.INFO)
     notifier = Notifier()
     try:
-        asyncio.run(_run(settings, notifier, kiosk))
+        asyncio.run(_run(settings, notifier, kiosk, wyoming))
     except ClawdError as exc:
         notifier.status(f"failed: {exc}")
         raise

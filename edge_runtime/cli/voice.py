@@ -40,9 +40,9 @@ def listen(ctx: click.Context, input_spec: str | None, grammar: Path | None, stt
     spec = input_spec if input_spec else (f"mic:{device}" if device else None)
     if grammar is not None and not grammar.is_file():
         raise UsageError(f"--grammar: {grammar}: no such file")
-    from ..voice.module import STT
+    from ..voice.module import MIC, STT
 
-    module = _voice_module(state(ctx).settings, frozenset({STT}), input=spec, stt_model=stt_model,
+    module = _voice_module(state(ctx).settings, frozenset({STT, MIC}), input=spec, stt_model=stt_model,
                            grammar=str(grammar) if grammar else None)
     transcripts = module.listen(module.open_source())
     with contextlib.suppress(KeyboardInterrupt):

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -13,12 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown, fresh
+from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown, WorkerLost, fresh
 from ..gguf_file import inspect
 from .grammar import grammar_text
 from .outbox import Outbox
 from .planner import MemoryPlan, plan_for
 from .prompt import PromptBuilder, call_format
+from .rpc import parse_workers, unreachable
 from .sampling import validate
 from .scheduler import Job, Scheduler, Stats
 from .specials import SpecialText
@@ -33,6 +35,10 @@ if TYPE_CHECKING:
     from .native import Runtime
 
 log = logging.getLogger(__name__)
+# When an RPC worker dies mid-run: how long the requests' error answers get to reach their clients before the
+# process exits, and its exit status (EX_TEMPFAIL: systemd's Restart=on-failure brings the daemon back).
+WORKER_LOST_GRACE = 1.0
+EXIT_WORKER_LOST = 75
 # n > 1 asks for this many choices at most: each takes a slot (or waits for one) like a request of its own.
 MAX_CHOICES = 16
 # A stream's text is delivered at most this often (its first token and its end at once); see Outbox. 50 ms is
@@ -249,7 +255,9 @@ class LlamaEngine:
                 deadline = self._idle_deadline()
                 if deadline is not None and time.monotonic() >= deadline:
                     return
-                self._cond.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                # A keep_alive of years is a wait longer than the OS can time (OverflowError): wake up and look again.
+                self._cond.wait(None if deadline is None
+                                else min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX))
 
     def _run(self) -> None:
         try:
@@ -305,7 +313,8 @@ class LlamaEngine:
         self._state, self._reason = EngineState.LOADING, f"loading {self.plan.model_path}"
         start = time.monotonic()
         try:
-            runtime: Runtime = Runtime(self.plan, threads=self._settings.threads, flash_attn=self._flash_attn)
+            runtime: Runtime = Runtime(self.plan, threads=self._settings.threads, flash_attn=self._flash_attn,
+                                       on_abort=self._worker_lost if self.plan.split is not None else None)
         except ClawdError as exc:
             self._state, self._reason = EngineState.FAILED, f"load failed: {exc}"
             self._fail_queued(functools.partial(fresh, exc))
@@ -327,6 +336,28 @@ class LlamaEngine:
             sched.rt.close()
         self._state, self._reason = EngineState.UNLOADED, reason
         log.info("model %s %s", self.name, reason)
+
+    def _worker_lost(self, message: str) -> None:
+        """ggml is about to abort the process: an RPC worker died (llama.cpp cannot carry on without its layers).
+
+        Runs on the thread that hit the error while the engine thread is stuck in llama_decode for good. Every
+        request gets a 503 (an error event if it is streaming), /health says why for a moment, then the process
+        exits with EXIT_WORKER_LOST for systemd to restart it; returning would let the abort kill it silently.
+        """
+        # ggml's message starts with its source file and line, of no use to a client.
+        detail = message.rsplit(": ", 1)[-1] if message else "connection lost"
+        dead = unreachable(parse_workers(self._settings.rpc))
+        who = f"RPC worker {', '.join(w.endpoint for w in dead)}" if dead else "an RPC worker"
+        reason = f"{who} failed ({detail}); restarting"
+        log.critical("%s: failing %d request(s) and exiting with status %d", reason, self._inflight, EXIT_WORKER_LOST)
+        self._crash = reason
+        self._state, self._reason = EngineState.FAILED, reason
+        try:
+            self._fail_everything(WorkerLost(f"{reason}; retry in a few seconds"))
+            time.sleep(WORKER_LOST_GRACE)  # the event loop writes those answers meanwhile
+        finally:
+            logging.shutdown()
+            os._exit(EXIT_WORKER_LOST)
 
     def _fail_everything(self, error: BaseException) -> None:
         if self._sched is not None:

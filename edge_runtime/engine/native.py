@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cpu import guard
 from ..cpu.build import installed as installed_build
@@ -16,6 +16,10 @@ from ..errors import EngineError, ModelError
 from .bufts import drop_extra_buffer_types
 from .greedy import GreedyPicker
 from .planner import MemoryPlan
+
+if TYPE_CHECKING:
+    from .rpc import Split
+    from .rpcnative import AbortHandler, Offload
 
 _PIECE_BUFFER = 256
 # A sequence's KV state is copied through a host buffer this big at most (about 1400 tokens of SmolLM2's f16 cache);
@@ -114,18 +118,30 @@ class Handles:
     """A llama_model with the context and batch made for it, freed together: what the chat and the embeddings
     runtimes share. Every method runs on the worker thread that owns them."""
 
-    def __init__(self, path: Path, *, mmap: bool, what: str, setup: Callable[[], None]) -> None:
+    def __init__(self, path: Path, *, mmap: bool, what: str, setup: Callable[[], None], split: Split | None = None,
+                 on_abort: AbortHandler | None = None) -> None:
         """Load `what` from `path`, then `setup()` makes the context and batch; on any failure close() frees what
-        was made."""
+        was made. With a `split`, layers go to its RPC workers, and `on_abort` hears of a worker lost mid-run
+        (llama.cpp aborts the process then)."""
         lib = self.lib = import_llama()  # the CPU guard first, and llama.cpp's log routed to Python
         lib.llama_backend_init()
         mparams = lib.llama_model_default_params()
         mparams.load_mode = lib.LLAMA_LOAD_MODE_MMAP if mmap and lib.llama_supports_mmap() \
             else lib.LLAMA_LOAD_MODE_NONE
+        self.offload: Offload | None = None
+        if split is not None and split.workers:
+            from .rpcnative import Offload
+
+            self.offload = Offload(library_dir(lib), split)
+            if on_abort is not None:
+                self.offload.on_abort(on_abort)
+            self.offload.apply(lib, mparams)
         self.model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
-            raise ModelError(f"{path}: llama.cpp could not load {what} (unsupported architecture or corrupt tensor "
-                             "data; run with -v for llama.cpp's log)")
+            if self.offload is not None:
+                self.offload.close()
+            raise ModelError(f"{path}: llama.cpp could not load {what} (unsupported architecture, corrupt tensor "
+                             "data, or an RPC worker without the memory; run with -v for llama.cpp's log)")
         self.ctx: Any = None
         self.batch: Any = None
         try:
@@ -180,6 +196,9 @@ class Handles:
         if self.model:
             lib.llama_model_free(self.model)
             self.model = None
+        if self.offload is not None:
+            self.offload.close()
+            self.offload = None
 
 
 class Copy(enum.Enum):
@@ -193,11 +212,13 @@ class Copy(enum.Enum):
 class Runtime(Handles):
     """A loaded model + context sized by a MemoryPlan; every method runs on the engine's worker thread."""
 
-    def __init__(self, plan: MemoryPlan, *, threads: int, flash_attn: str = "auto") -> None:
+    def __init__(self, plan: MemoryPlan, *, threads: int, flash_attn: str = "auto",
+                 on_abort: AbortHandler | None = None) -> None:
         self.plan = plan
         self.greedy: GreedyPicker | None = None
         super().__init__(plan.model_path, mmap=plan.use_mmap, what="the model",
-                         setup=functools.partial(self._init_context, plan, threads, flash_attn))
+                         setup=functools.partial(self._init_context, plan, threads, flash_attn), split=plan.split,
+                         on_abort=on_abort)
 
     def _init_context(self, plan: MemoryPlan, threads: int, flash_attn: str) -> None:
         lib = self.lib

@@ -1,6 +1,7 @@
 """Memory planner: from GGUF metadata and the memory budget, choose slots x context, KV type and mmap, or refuse."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 from .. import sysinfo
 from ..errors import ConfigError, MemoryPlanError
 from ..gguf_file import GgufInfo, inspect
+from .rpc import Split, parse_workers, probe, split_layers
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -46,6 +48,8 @@ class MemoryPlan:
     compute_bytes: int
     overhead_bytes: int
     notes: tuple[str, ...] = field(default=())
+    # Layers on llama.cpp RPC workers (weights_bytes and kv_bytes are then this board's share only).
+    split: Split | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -60,6 +64,8 @@ class MemoryPlan:
             f"KV {_mib(self.kv_bytes)} + compute {_mib(self.compute_bytes)} + runtime "
             f"{_mib(self.overhead_bytes)}, of budget {_mib(self.budget)} ({self.budget_source})"
         )
+        if self.split is not None:
+            text += f"; {self.split.describe()}"
         if self.notes:
             text += "; " + "; ".join(self.notes)
         return text
@@ -122,7 +128,8 @@ def _choose_kv_types(requested: str) -> tuple[str, ...]:
 
 
 def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_ctx_per_slot: int,
-         total_context: int | None = None, kv_cache_type: str = "auto", n_batch: int = 256) -> MemoryPlan:
+         total_context: int | None = None, kv_cache_type: str = "auto", n_batch: int = 256,
+         workers: Sequence[tuple[str, int]] = ()) -> MemoryPlan:
     """Fit `n_parallel` slots of `n_ctx_per_slot` into `budget`: f16 KV, else q8_0 (auto), else a shorter context.
 
     `total_context` below n_parallel x n_ctx_per_slot is split evenly between the slots. Not one pool shared by
@@ -130,6 +137,9 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     other sequences' cells once one sequence's cells are removed and reused, measured as logit differences of
     0.66-40 against decoding alone (scripts/repro_unified_kv.py); with a stream per slot they are 0.
     Raises MemoryPlanError naming the sizes when even the smallest context cannot fit.
+
+    `workers` ((endpoint, free bytes) of llama.cpp RPC workers) take an even share of the layers, with their weights
+    and KV cells: the budget then holds only this board's share (rpc.split_layers checks each worker's).
     """
     if n_parallel < 1 or n_ctx_per_slot < 1 or n_batch < 1:
         raise ConfigError("parallel, max_sequence_length and batch_size must be >= 1")
@@ -145,19 +155,27 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
         slot_ctx = split
     pool = n_parallel * slot_ctx
     n_ubatch = min(n_batch, MAX_UBATCH)
+    kv_types = _choose_kv_types(kv_cache_type)
+    rpc_split = None
+    share = 1.0  # of the layers (and so of the KV cells) held by this board
     weights = info.file_size
+    if workers:
+        layer_kv = (kv_bytes_per_cell(info, kv_types[0]) * pool
+                    + swa_bytes(info, kv_types[0], n_parallel, slot_ctx, n_ubatch)) / info.n_layers
+        rpc_split = split_layers(info.n_layers, info.file_size / info.n_layers, layer_kv, workers)
+        share = rpc_split.local_share
+        weights = info.file_size - sum(b.weights_bytes for b in rpc_split.workers)
     compute = compute_bytes(info, n_ubatch, n_parallel)
     fixed = weights + compute + RUNTIME_OVERHEAD
-    kv_types = _choose_kv_types(kv_cache_type)
 
     def build(kv_type: str, cells: int, per_slot: int) -> MemoryPlan:
         return MemoryPlan(
             model_path=info.path, budget=budget, budget_source=budget_source, n_parallel=n_parallel,
             n_ctx_per_slot=per_slot, n_ctx=cells, kv_type=kv_type, use_mmap=True,
             n_batch=n_batch, n_ubatch=n_ubatch, weights_bytes=weights,
-            kv_bytes=int(cells * kv_bytes_per_cell(info, kv_type))
-            + swa_bytes(info, kv_type, n_parallel, per_slot, n_ubatch), compute_bytes=compute,
-            overhead_bytes=RUNTIME_OVERHEAD, notes=tuple(notes),
+            kv_bytes=int(share * (cells * kv_bytes_per_cell(info, kv_type)
+                                  + swa_bytes(info, kv_type, n_parallel, per_slot, n_ubatch))),
+            compute_bytes=compute, overhead_bytes=RUNTIME_OVERHEAD, notes=tuple(notes), split=rpc_split,
         )
 
     for kv_type in kv_types:
@@ -168,8 +186,8 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
             return build(kv_type, pool, slot_ctx)
     # Keep the slot count, use the most compact KV type, and shrink the context until it fits.
     kv_type = kv_types[-1]
-    swa = swa_bytes(info, kv_type, n_parallel, slot_ctx, n_ubatch)
-    cells = max(0, int((budget - fixed - swa) // max(kv_bytes_per_cell(info, kv_type), 1.0)))
+    swa = share * swa_bytes(info, kv_type, n_parallel, slot_ctx, n_ubatch)
+    cells = max(0, int((budget - fixed - swa) // max(share * kv_bytes_per_cell(info, kv_type), 1.0)))
     floor = min(MIN_SLOT_CONTEXT, slot_ctx)
     per_slot = min(slot_ctx, cells // n_parallel)
     # llama.cpp pads KV sizes to 256 cells anyway, so a round size wastes nothing.
@@ -192,6 +210,9 @@ def plan_for(settings: Settings, model: ResolvedModel | Path | str) -> MemoryPla
     path = model if isinstance(model, (Path, str)) else model.path
     info = inspect(path)
     budget, source = sysinfo.memory_budget(settings.memory_budget)
+    # Each RPC worker is asked for its memory now (and a dead one named), before anything is loaded.
+    workers = [(w.endpoint, probe(w).free_bytes) for w in parse_workers(settings.rpc)]
     return plan(info, budget=budget, budget_source=source, n_parallel=settings.parallel,
                 n_ctx_per_slot=settings.max_sequence_length,
-                total_context=settings.context, kv_cache_type=settings.kv_cache_type, n_batch=settings.batch_size)
+                total_context=settings.context, kv_cache_type=settings.kv_cache_type, n_batch=settings.batch_size,
+                workers=workers)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -20,6 +20,7 @@ from .embeddings_api import embeddings_router
 from .errors import install_handlers
 from .metrics import ServerMetrics, build_labels
 from .middleware import AccessLog, ApiKeyAuth, BodyLimit
+from .ollama_api import ollama_router
 from .openai_api import openai_router
 
 if TYPE_CHECKING:
@@ -63,22 +64,25 @@ def upload_paths(routers: Iterable[Any]) -> frozenset[str]:
 
 def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (),
                kiosk: KioskService | None = None, embeddings: EmbeddingEngine | str | None = None, *,
-               served: ResolvedModel | None = None, memory_budget: int | None = None) -> FastAPI:
+               served: ResolvedModel | None = None, memory_budget: int | None = None,
+               layers: Mapping[str, int] | None = None) -> FastAPI:
     """The HTTP API over `engine`; enabled kiosk `modules` get their routers mounted and run with the app, and
     `kiosk` (the dialogue loop on the same engine) starts after them and stops before them. `embeddings` serves
-    /v1/embeddings (or says why it is off); its owner closes it. `served` (the model file and registry entry) and
-    `memory_budget` (the plan's) only label /metrics."""
+    /v1/embeddings (or says why it is off); its owner closes it. `served` (the model file and registry entry),
+    `memory_budget` (the plan's) and `layers` (per board, with RPC workers) label /metrics, and `served` also
+    describes the model on the Ollama API."""
     quant = served.entry.quant if served is not None and served.entry is not None else None
     build = build_labels(engine.status().model, served.path if served is not None else None, quant)
     metrics = ServerMetrics(engine.status, kiosk.snapshot if kiosk is not None else None, build=build,
-                            memory_budget=memory_budget)
-    ctx = AppContext(settings=settings, engine=engine, metrics=metrics)
+                            memory_budget=memory_budget, layers=layers)
+    ctx = AppContext(settings=settings, engine=engine, metrics=metrics, served=served)
     app = FastAPI(title="clawd-edge", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=_lifespan(tuple(modules), kiosk))
     app.state.clawd = ctx
     install_handlers(app)
     app.include_router(openai_router(ctx))
     app.include_router(embeddings_router(ctx, embeddings))
+    app.include_router(ollama_router(ctx, embeddings))
     module_routers = [router for module in modules for router in module.routers()]
     for router in module_routers:
         app.include_router(router)

@@ -5,13 +5,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.config import Settings
 from edge_runtime.engine.types import Engine
 from edge_runtime.errors import ClawdError, RegistryError
 
 from .metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from edge_runtime.store import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,8 @@ class AppContext:
     engine: Engine
     metrics: ServerMetrics
     started: int = field(default_factory=lambda: int(time.time()))
+    # The served model's file and registry entry (None in apps built without one, e.g. over a fake engine).
+    served: ResolvedModel | None = None
 
     @property
     def model_id(self) -> str:

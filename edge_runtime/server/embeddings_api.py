@@ -18,7 +18,7 @@ from .generation import CLIENT_CLOSED, ClientGone, unless_disconnected
 from .middleware import record_of
 
 if TYPE_CHECKING:
-    from edge_runtime.engine.embeddings import EmbeddingEngine, Input
+    from edge_runtime.engine.embeddings import EmbeddingEngine, EmbeddingResult, Input
 
 # One request must not hold the embedding worker for long: at most this many inputs, and this many characters in
 # all (a token id counts as one); each input is also bounded by embedding_ctx tokens, checked after tokenizing.
@@ -42,7 +42,7 @@ class EmbeddingRequest(BaseModel):
     # strict: wrong types are 400s, never coerced; extra="ignore": OpenAI clients send fields we do not act on.
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    # Checked by hand (see _inputs) so that a wrong element is named by its index, as OpenAI does.
+    # Checked by hand (see parse_inputs) so that a wrong element is named by its index, as OpenAI does.
     input: Annotated[Any, WithJsonSchema(_INPUT_SCHEMA)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -58,7 +58,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _inputs(value: object) -> list[Input]:
+def parse_inputs(value: object) -> list[Input]:
     """The request's inputs as strings and token-id lists, or InvalidRequest naming the offending one."""
     shape = "input must be a string, an array of strings, an array of token ids or an array of token-id arrays"
     if isinstance(value, str):
@@ -99,7 +99,7 @@ def _inputs(value: object) -> list[Input]:
     return out
 
 
-def _served(ctx: AppContext, engine: EmbeddingEngine, requested: str | None) -> str:
+def served_name(ctx: AppContext, engine: EmbeddingEngine, requested: str | None) -> str:
     """The embedding model's id; with server.strict_model only for one of its names, else 404 model_not_found."""
     served = engine.plan.name
     if not requested or not ctx.settings.server.strict_model:
@@ -112,6 +112,23 @@ def _served(ctx: AppContext, engine: EmbeddingEngine, requested: str | None) -> 
         return served
     raise RegistryError(f"model {requested!r} is not served here; /v1/embeddings serves {served!r} "
                         "(server.strict_model is true)")
+
+
+def available(embeddings: EmbeddingEngine | str | None) -> EmbeddingEngine:
+    """The embedding engine, or ApiError 503 saying why there is none."""
+    if embeddings is None or isinstance(embeddings, str):
+        raise ApiError(HttpError(503, f"embeddings are not available on this server: "
+                                      f"{embeddings or 'no embedding engine'}", type="server_error",
+                                 code="embeddings_unavailable"))
+    return embeddings
+
+
+async def embed(ctx: AppContext, engine: EmbeddingEngine, request: Request, inputs: list[Input]) -> EmbeddingResult:
+    """Embed `inputs` for `request` (ClientGone if it disconnects first), recording tokens and metrics."""
+    result = await unless_disconnected(engine.embed(inputs), request.receive)
+    record_of(request.scope).prompt_tokens = result.prompt_tokens
+    ctx.metrics.observe_embedding(len(inputs), result.prompt_tokens, result.seconds)
+    return result
 
 
 def embeddings_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None) -> APIRouter:
@@ -127,24 +144,18 @@ def embeddings_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None)
     async def create_embeddings(request: Request, body: EmbeddingRequest) -> Response:
         """Embedding vectors (L2-normalised) for a string or an array of inputs."""
         record = record_of(request.scope)
-        if embeddings is None or isinstance(embeddings, str):
-            raise ApiError(HttpError(503, f"embeddings are not available on this server: "
-                                          f"{embeddings or 'no embedding engine'}", type="server_error",
-                                     code="embeddings_unavailable"))
-        engine = embeddings
-        served = _served(ctx, engine, body.model)
+        engine = available(embeddings)
+        served = served_name(ctx, engine, body.model)
         record.model = served
         if body.dimensions is not None and body.dimensions != engine.dimensions:
             raise _bad(f"dimensions={body.dimensions} is not supported: {served} makes {engine.dimensions}-"
                        "dimensional vectors and cannot shorten them", "dimensions")
-        inputs = _inputs(body.input)
+        inputs = parse_inputs(body.input)
         try:
-            result = await unless_disconnected(engine.embed(inputs), request.receive)
+            result = await embed(ctx, engine, request, inputs)
         except ClientGone:
             record.error = "client_disconnected"
             return Response(status_code=CLIENT_CLOSED)
-        record.prompt_tokens = result.prompt_tokens
-        ctx.metrics.observe_embedding(len(inputs), result.prompt_tokens, result.seconds)
         if body.encoding_format == "base64":
             data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in result.vectors]
         else:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.errors import ClawdError, EngineBusy, InvalidRequest, RegistryError, ToolCallError
+from edge_runtime.errors import ClawdError, EngineBusy, InvalidRequest, RegistryError, ToolCallError, WorkerLost
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -15,6 +15,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 1
+WORKER_LOST_RETRY_AFTER = 10
+OLLAMA_PREFIX = "/api/"
+
+
+def ollama_path(path: str) -> bool:
+    """Routes of the Ollama API, whose errors are Ollama's `{"error": "message"}`."""
+    return path.startswith(OLLAMA_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -28,14 +35,17 @@ class HttpError:
     code: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
-    def body(self) -> dict[str, Any]:
+    def body(self, ollama: bool = False) -> dict[str, Any]:
+        """OpenAI's error object, or with `ollama` Ollama's (the message alone: its clients read `error` as text)."""
+        if ollama:
+            return {"error": self.message}
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def encoded(self) -> bytes:
-        return json.dumps(self.body()).encode("utf-8")
+    def encoded(self, ollama: bool = False) -> bytes:
+        return json.dumps(self.body(ollama)).encode("utf-8")
 
-    def raw_headers(self) -> list[tuple[bytes, bytes]]:
-        body_len = str(len(self.encoded())).encode()
+    def raw_headers(self, ollama: bool = False) -> list[tuple[bytes, bytes]]:
+        body_len = str(len(self.encoded(ollama))).encode()
         return [(b"content-type", b"application/json"), (b"content-length", body_len),
                 *((k.lower().encode(), v.encode()) for k, v in self.headers)]
 
@@ -61,6 +71,10 @@ def from_clawd(exc: ClawdError) -> HttpError:
         return HttpError(503, str(exc) or "server busy: every slot and the queue are full; retry later",
                          type="server_error", code="server_busy",
                          headers=(("Retry-After", str(RETRY_AFTER_SECONDS)),))
+    if isinstance(exc, WorkerLost):
+        # The daemon is exiting to be restarted by systemd (RestartSec=5): a client may retry after that.
+        return HttpError(503, str(exc), type="server_error", code="rpc_worker_lost",
+                         headers=(("Retry-After", str(WORKER_LOST_RETRY_AFTER)),))
     return HttpError(500, str(exc) or type(exc).__name__, type="server_error", code=type(exc).__name__)
 
 
@@ -118,7 +132,8 @@ def install_handlers(app: FastAPI) -> None:
 
     def respond(request: Request, error: HttpError) -> JSONResponse:
         record_of(request.scope).error = error.code or error.type
-        return JSONResponse(error.body(), status_code=error.status, headers=dict(error.headers))
+        return JSONResponse(error.body(ollama_path(request.url.path)), status_code=error.status,
+                            headers=dict(error.headers))
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from starlette.responses import StreamingResponse
+
 from edge_runtime.engine.types import Chunk, Engine, FinishReason, GenerationRequest, Usage
 from edge_runtime.errors import ClawdError, EngineBusy
 
@@ -31,7 +33,23 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready; nothing is sent back (log it as CLIENT_CLOSED)."""
 
 
-def _cancelled_error() -> HttpError:
+class ClosingStreamingResponse(StreamingResponse):
+    """StreamingResponse that always closes its body iterator (and so frees the engine slot) when it ends."""
+
+    async def stream_response(self, send: Any) -> None:
+        import anyio
+
+        try:
+            await super().stream_response(send)
+        finally:
+            # Starlette cancels stream_response on disconnect, possibly while it awaits send() rather
+            # than the iterator; without this the generator would wait for garbage collection.
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def cancelled_error() -> HttpError:
+    """What a generation cut off by the shutdown bound answers (a status, or in-band once streaming)."""
     return HttpError(503, "the generation was cancelled because the server is shutting down",
                      type="server_error", code="cancelled")
 
@@ -163,21 +181,27 @@ class Generation:
 
     # -- non-streaming -------------------------------------------------------------------------------------
 
-    async def collect(self, first: Chunk, receive: Receive) -> dict[str, Any]:
-        choices = [Choice(i) for i in range(self.shape.n)]
+    async def gather(self, first: Chunk, receive: Receive) -> list[Chunk]:
+        """Every chunk of every choice, the engine stream closed afterwards; ApiError 503 if it was cancelled."""
+        chunks = [first]
 
-        async def gather() -> None:
-            choices[first.index].add(first)
+        async def more() -> None:
             if first.finish_reason is None or self.shape.n > 1:
                 async for chunk in self.rest():
-                    choices[chunk.index].add(chunk)
+                    chunks.append(chunk)
 
         try:
-            await unless_disconnected(gather(), receive)
+            await unless_disconnected(more(), receive)
         finally:
             await self.close()
-        if any(c.finish_reason is FinishReason.CANCELLED for c in choices):
-            raise ApiError(_cancelled_error())
+        if any(c.finish_reason is FinishReason.CANCELLED for c in chunks):
+            raise ApiError(cancelled_error())
+        return chunks
+
+    async def collect(self, first: Chunk, receive: Receive) -> dict[str, Any]:
+        choices = [Choice(i) for i in range(self.shape.n)]
+        for chunk in await self.gather(first, receive):
+            choices[chunk.index].add(chunk)
         return {"id": self.id, "object": self.shape.object, "created": self.created, "model": self.shape.model,
                 "choices": [c.body(chat=self.shape.chat, want_logprobs=self.shape.logprobs) for c in choices],
                 "usage": usage_body(self.usage)}
@@ -273,7 +297,7 @@ class Generation:
                         yield event
                     continue
                 if chunk.finish_reason == FinishReason.CANCELLED:
-                    yield self._error_event(_cancelled_error())
+                    yield self._error_event(cancelled_error())
                     return
                 yield self._finish_event(chunk)
                 running -= 1

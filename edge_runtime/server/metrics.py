@@ -186,9 +186,10 @@ class ServerMetrics:
 
     def __init__(self, status: Callable[[], EngineStatus],
                  kiosk: Callable[[], dict[str, Any]] | None = None, *, build: Mapping[str, str] | None = None,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | None = None, layers: Mapping[str, int] | None = None) -> None:
         """`build`: clawd_edge_build_info's labels (build_labels(); default: the runtime's only, model unknown);
-        `memory_budget`: the memory plan's budget in bytes, exported for the memory alert."""
+        `memory_budget`: the memory plan's budget in bytes, exported for the memory alert; `layers`: the model's
+        layers per board when they are split over RPC workers ("local" and each worker's host:port)."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=False)
@@ -222,6 +223,11 @@ class ServerMetrics:
         if memory_budget is not None:
             Gauge(f"{PREFIX}_memory_budget_bytes", "The memory plan's budget: memory_budget in the config, else "
                   "the cgroup limit, else MemAvailable at start", registry=r).set(memory_budget)
+        if layers:
+            by_board = Gauge(f"{PREFIX}_model_layers", "Model layers held by each board (local, or an RPC worker's "
+                             "host:port)", ["board"], registry=r)
+            for board, count in layers.items():
+                by_board.labels(board).set(count)
         ProcessCollector(registry=r)
         r.register(_EngineCollector(status, self.rate))  # type: ignore[arg-type]
         if kiosk is not None:

@@ -9,7 +9,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import HttpError
+from .errors import HttpError, ollama_path
 from .metrics import ServerMetrics
 
 access_log = logging.getLogger("edge_runtime.server.access")
@@ -42,9 +42,11 @@ def record_of(scope: Scope) -> RequestRecord:
     return record if isinstance(record, RequestRecord) else RequestRecord(start=time.perf_counter())
 
 
-async def send_error(send: Any, error: HttpError) -> None:
-    await send({"type": "http.response.start", "status": error.status, "headers": error.raw_headers()})
-    await send({"type": "http.response.body", "body": error.encoded(), "more_body": False})
+async def send_error(send: Any, error: HttpError, scope: Scope | None = None) -> None:
+    """Answer with `error`, in the Ollama API's shape on its routes (`scope` tells which)."""
+    ollama = scope is not None and ollama_path(str(scope.get("path", "")))
+    await send({"type": "http.response.start", "status": error.status, "headers": error.raw_headers(ollama)})
+    await send({"type": "http.response.body", "body": error.encoded(ollama), "more_body": False})
 
 
 def _fmt(value: object) -> str:
@@ -123,7 +125,7 @@ class ApiKeyAuth:
         message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "invalid API key"
         record_of(scope).error = "unauthorized"
         await send_error(send, HttpError(401, message, code="invalid_api_key",
-                                         headers=(("WWW-Authenticate", "Bearer"),)))
+                                         headers=(("WWW-Authenticate", "Bearer"),)), scope)
 
 
 class BodyLimit:
@@ -166,11 +168,11 @@ class BodyLimit:
             try:
                 size = int(declared)
             except ValueError:
-                await send_error(send, HttpError(400, "malformed Content-Length header"))
+                await send_error(send, HttpError(400, "malformed Content-Length header"), scope)
                 return
             if size > limit:
                 record_of(scope).error = "request_too_large"
-                await send_error(send, self._too_large(upload))
+                await send_error(send, self._too_large(upload), scope)
                 return
         if upload:
             await self._stream(scope, receive, send)
@@ -181,7 +183,7 @@ class BodyLimit:
             message = await self._next_body_part(receive)
             if message is None:
                 record_of(scope).error = "request_timeout"
-                await send_error(send, HttpError(408, self._stalled(), code="request_timeout"))
+                await send_error(send, HttpError(408, self._stalled(), code="request_timeout"), scope)
                 return
             if message["type"] != "http.request":
                 return  # client went away before sending its body; nothing to answer
@@ -189,7 +191,7 @@ class BodyLimit:
             total += len(body)
             if total > self.limit:
                 record_of(scope).error = "request_too_large"
-                await send_error(send, self._too_large(False))
+                await send_error(send, self._too_large(False), scope)
                 return
             chunks.append(body)
             if not message.get("more_body", False):

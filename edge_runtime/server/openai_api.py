@@ -3,35 +3,25 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from edge_runtime.engine.types import GenerationRequest
 
 from .context import AppContext
 from .errors import ApiError, HttpError
-from .generation import CLIENT_CLOSED, ClientGone, Generation, Shape
+from .generation import CLIENT_CLOSED, ClientGone, ClosingStreamingResponse, Generation, Shape
 from .middleware import record_of
 from .schemas import ChatCompletionRequest, CompletionRequest, chat_request, completion_request
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-class SSEResponse(StreamingResponse):
-    """StreamingResponse that always closes its body iterator (and so frees the engine slot) when it ends."""
+class SSEResponse(ClosingStreamingResponse):
+    """Server-sent events that always free the engine slot when the response ends."""
 
     media_type = "text/event-stream"
-
-    async def stream_response(self, send: Any) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            # Starlette cancels stream_response on disconnect, possibly while it awaits send() rather
-            # than the iterator; without this the generator would wait for garbage collection.
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 def _links(pointer: str) -> dict[str, Any]:

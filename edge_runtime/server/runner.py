@@ -8,7 +8,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -182,11 +182,18 @@ async def _stop_kiosk_on_exit(server: DaemonServer, kiosk: KioskService) -> None
     await kiosk.stop()
 
 
+async def _stop_on_exit(server: DaemonServer, stop: Callable[[], Awaitable[None]]) -> None:
+    await _signalled(server)
+    await stop()
+
+
 async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socket,
                 notifier: Notifier | None = None, kiosk: KioskService | None = None,
-                modules: Sequence[Any] = ()) -> None:
+                modules: Sequence[Any] = (), stops: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve `app` on the bound `sock` until SIGTERM/SIGINT; then stop `kiosk`, drain, close the engine, return.
-    Just before the drain bound the engine and any of `modules` with a `halt()` end the work still running."""
+    Just before the drain bound the engine and any of `modules` with a `halt()` end the work still running.
+    `stops` (other servers on the same engine, e.g. Wyoming) are called at the signal, and again (they must be
+    idempotent) before the engine closes."""
     notifier = notifier or Notifier()
 
     async def quiet_at_shutdown(scope: Any, receive: Any, send: Any) -> None:
@@ -218,6 +225,7 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
             _watchdog(server, notifier, Liveness(engine), notifier.watchdog_interval)))
     if kiosk is not None:
         helpers.append(asyncio.ensure_future(_stop_kiosk_on_exit(server, kiosk)))
+    helpers += [asyncio.ensure_future(_stop_on_exit(server, stop)) for stop in stops]
     try:
         await server.serve(sockets=[sock])
     except SystemExit as exc:
@@ -229,6 +237,8 @@ async def serve(settings: Settings, engine: Engine, app: Any, sock: socket.socke
         await asyncio.gather(*helpers, return_exceptions=True)
         if kiosk is not None:
             await kiosk.stop()  # normally stopped already; never let a turn outlive the engine
+        for stop in stops:
+            await stop()  # likewise: no Wyoming answer outlives the engine
         notifier.status("closing the engine")
         await engine.close()
         sock.close()

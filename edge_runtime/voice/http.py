@@ -10,7 +10,7 @@ from ..errors import AudioError, DependencyMissing, EngineBusy, InvalidRequest, 
 from ..uploads import read_limited
 from .audio import Audio, decode_chunks, encode_wav, wav_body
 from .stt import CHUNK_BYTES, transcribe
-from .tts import ESPEAK, PIPER, TTS, EspeakTTS, PiperTTS, create_tts
+from .tts import ESPEAK, PIPER, TTS
 
 if TYPE_CHECKING:
     from .module import VoiceModule
@@ -47,7 +47,6 @@ def build_router(module: "VoiceModule") -> Any:
     # Synthesis is CPU-bound and shares two cores with the LLM: one at a time. Recognition is bounded by the
     # module's limiter (modules.voice.max_concurrent_transcriptions), which the kiosk shares.
     tts_slot = asyncio.Semaphore(1)
-    tts_engines: dict[str, TTS] = {}
 
     def stt_engine(model: str) -> tuple[Any, tuple[str, ...] | None]:
         """The engine a request names, and the grammar to use (the configured one only for the configured model)."""
@@ -131,31 +130,18 @@ def build_router(module: "VoiceModule") -> Any:
         instructions: Optional[str] = None  # noqa: UP045 - accepted for compatibility, not used
 
     def tts_for(request: SpeechRequest) -> TTS:
-        options = module.options
         if request.model in OPENAI_TTS_MODELS:
-            kind = options.tts
+            kind = module.options.tts
         elif request.model in TTS_MODEL_NAMES:
             kind = TTS_MODEL_NAMES[request.model]
         else:
             raise RegistryError(f"unknown speech-synthesis model {request.model!r}; use one of "
                                 + ", ".join(sorted(OPENAI_TTS_MODELS | set(TTS_MODEL_NAMES))))
-        base = module.tts() if kind == options.tts else tts_engines.get(kind)
-        if base is None:
-            base = tts_engines[kind] = create_tts(kind, voice=None, language=options.language, rate=options.rate,
-                                                  pitch=options.pitch)
-        rate = round(options.rate * request.speed)
         voice = None if request.voice is None or request.voice in OPENAI_VOICES else request.voice
-        if isinstance(base, EspeakTTS):
-            if voice is not None and not base.has_voice(voice):
-                raise InvalidRequest(f"voice: espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)",
-                                     param="voice")
-            return base.with_voice(voice or base.voice, rate)
-        if isinstance(base, PiperTTS):
-            try:
-                return base.with_voice(voice or base.voice, rate)
-            except AudioError as exc:
-                raise InvalidRequest(str(exc), param="voice") from None
-        return base
+        try:
+            return module.tts_for(kind, voice, request.speed)
+        except AudioError as exc:
+            raise InvalidRequest(f"voice: {exc}", param="voice") from None
 
     @router.post("/v1/audio/speech")
     async def speech(request: SpeechRequest) -> Response:

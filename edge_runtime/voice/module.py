@@ -18,7 +18,7 @@ from .sources import AudioSource, open_source
 from .speaker import Speaker
 from .stt import SpeechToText, WakeGate, finals, load_grammar
 from .stt_models import SttModel, create_engine, default_stt_model, identify, resolve_stt_model
-from .tts import PIPER, TTS, create_tts
+from .tts import PIPER, TTS, EspeakTTS, PiperTTS, create_tts
 
 log = logging.getLogger(__name__)
 _CANCEL_TIMEOUT = 2.0  # a cancelled transcription stops within one chunk (tens of ms); this bounds a stuck one
@@ -36,6 +36,7 @@ class VoiceModule:
         self.settings = settings
         self._engines: dict[str, SpeechToText] = {"": stt} if stt is not None else {}
         self._tts: TTS | None = tts
+        self._other_tts: dict[str, TTS] = {}  # engines other than the configured one, built on first request
         self._speaker: Speaker | None = None
         self._sources: set[AudioSource] = set()
         self._lock = threading.Lock()
@@ -135,6 +136,33 @@ class VoiceModule:
                 self._tts = create_tts(o.tts, voice=o.voice, language=o.language, rate=o.rate, pitch=o.pitch)
             return self._tts
 
+    def tts_for(self, kind: str, voice: str | None = None, speed: float = 1.0, speaker: str | None = None) -> TTS:
+        """An engine (`espeak` or `piper`) speaking `voice` (None: the engine's default) at `speed` times the
+        configured rate; shared by the HTTP route and the Wyoming server, so a Piper voice is loaded once.
+
+        AudioError for a voice the engine does not have (espeak-ng would silently fall back to another one).
+        `speaker` picks one speaker of a multi-speaker Piper voice.
+        """
+        options = self.options
+        if kind == options.tts:
+            base = self.tts()
+        else:
+            with self._lock:
+                base = self._other_tts.get(kind)  # type: ignore[assignment]
+            if base is None:
+                built = create_tts(kind, voice=None, language=options.language, rate=options.rate,
+                                   pitch=options.pitch)
+                with self._lock:
+                    base = self._other_tts.setdefault(kind, built)
+        rate = round(options.rate * speed)
+        if isinstance(base, EspeakTTS):
+            if voice is not None and not base.has_voice(voice):
+                raise AudioError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
+            return base.with_voice(voice or base.voice, rate)
+        if isinstance(base, PiperTTS):
+            return base.with_voice(voice or base.voice, rate, speaker)
+        return base
+
     def player(self) -> Player:
         return Player(self.options.output)
 
@@ -175,17 +203,17 @@ class VoiceModule:
         await asyncio.to_thread(self.limiter.close, _CANCEL_TIMEOUT)
 
 
-# What a caller of the voice module uses: recognition (the STT engine, plus the microphone when input is one),
-# synthesis (Piper when configured; espeak-ng is a program), playback through an output device.
-STT, TTS_ONLY, PLAYBACK = "stt", "tts", "playback"
-EVERYTHING = frozenset({STT, TTS_ONLY, PLAYBACK})
+# What a caller of the voice module uses: recognition (the STT engine), the configured input when it is a
+# microphone, synthesis (Piper when configured; espeak-ng is a program), playback through an output device.
+STT, TTS_ONLY, PLAYBACK, MIC = "stt", "tts", "playback", "mic"
+EVERYTHING = frozenset({STT, TTS_ONLY, PLAYBACK, MIC})
 
 
 def _check_dependencies(options: VoiceOptions, engine: str | None, uses: frozenset[str]) -> None:
     needed = []
     if engine is not None:
         needed.append(engine)
-        if options.input == "mic" or options.input.startswith("mic:"):
+        if MIC in uses and (options.input == "mic" or options.input.startswith("mic:")):
             needed.append("sounddevice")
     if PLAYBACK in uses:
         needed.append("sounddevice")

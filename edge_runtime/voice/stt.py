@@ -142,14 +142,21 @@ def audio_chunks(audio: Audio, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes
 
 
 def transcribe(engine: SpeechToText, audio: Audio | Iterable[bytes], grammar: Sequence[str] | None = None, *,
-               wrap: Callable[[Recognizer], Recognizer] | None = None) -> str:
+               wrap: Callable[[Recognizer], Recognizer] | None = None,
+               on_final: Callable[[str], None] | None = None) -> str:
     """The whole text of a recording (or of 16 kHz chunks): its final transcripts joined by spaces.
 
     `wrap` puts the recogniser behind a limiter (a CPU turn per chunk, a cancel flag): see voice/limits.py.
+    `on_final` sees each final transcript as soon as it is recognised (a streaming client shows it at once).
     """
     chunks = audio_chunks(audio) if isinstance(audio, Audio) else audio
     recognizer = engine.recognizer(grammar)
+    texts: list[str] = []
     try:
-        return " ".join(finals(chunks, wrap(recognizer) if wrap is not None else recognizer))
+        for text in finals(chunks, wrap(recognizer) if wrap is not None else recognizer):
+            texts.append(text)
+            if on_final is not None:
+                on_final(text)
+        return " ".join(texts)
     finally:
         recognizer.close()

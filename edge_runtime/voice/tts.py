@@ -66,20 +66,26 @@ class EspeakTTS:
             raise DependencyMissing(self.binary, package="espeak-ng")
         return exe
 
+    def _table(self) -> list[list[str]]:
+        """`espeak-ng --voices` as rows: priority, language, age/gender, voice name, file, other languages."""
+        proc = subprocess.run([self._exe(), "--voices"], capture_output=True, text=True, check=False)
+        return [fields for fields in (line.split() for line in proc.stdout.splitlines()[1:]) if len(fields) >= 5]
+
     def voices(self) -> frozenset[str]:
         """Language codes, voice names and voice files espeak-ng knows (lower case)."""
         cached = self._installed.get("voices")
         if cached is not None:
             return cached
-        proc = subprocess.run([self._exe(), "--voices"], capture_output=True, text=True, check=False)
         names: set[str] = set()
-        for line in proc.stdout.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 5:
-                names.update({fields[1].lower(), fields[3].lower(), fields[4].lower(),
-                              fields[4].rsplit("/", 1)[-1].lower()})
+        for fields in self._table():
+            names.update({fields[1].lower(), fields[3].lower(), fields[4].lower(),
+                          fields[4].rsplit("/", 1)[-1].lower()})
         listed = self._installed["voices"] = frozenset(names)
         return listed
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(language code, voice name) of every installed voice: what a client may choose from."""
+        return [(fields[1], fields[3].replace("_", " ")) for fields in self._table()]
 
     def variants(self) -> frozenset[str]:
         """Variant names as `+name` takes them (`f3`, `klatt`, `Alex`): the files in espeak-ng-data/*/!v.
@@ -157,10 +163,11 @@ class PiperTTS:
     name = PIPER
 
     def __init__(self, voice: str = "en_US-joe-medium", *, rate: int = DEFAULT_RATE,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False, speaker: str | None = None) -> None:
         self.voice = voice
         self.rate = rate
         self.deterministic = deterministic
+        self.speaker = speaker  # a name from a multi-speaker voice's speaker_id_map; None: its default speaker
         self.model_path = piper_voice_path(voice)
         self._voice: Any = None
         self._lock = threading.Lock()
@@ -177,13 +184,14 @@ class PiperTTS:
                     raise AudioError(f"{self.model_path}: Piper could not load the voice ({exc})") from None
             return self._voice
 
-    def with_voice(self, voice: str, rate: int | None = None) -> PiperTTS:
-        """Same engine at another rate (sharing the loaded voice), or another voice."""
+    def with_voice(self, voice: str, rate: int | None = None, speaker: str | None = None) -> PiperTTS:
+        """Same engine at another rate or speaker (sharing the loaded voice), or another voice."""
         if voice != self.voice:
-            return PiperTTS(voice, rate=rate or self.rate, deterministic=self.deterministic)
+            return PiperTTS(voice, rate=rate or self.rate, deterministic=self.deterministic, speaker=speaker)
         clone = PiperTTS.__new__(PiperTTS)
         clone.__dict__.update(self.__dict__)
         clone.rate = rate or self.rate
+        clone.speaker = speaker
         clone._lock = self._lock  # the loaded voice is shared, so is its lock
         if self._voice is None:
             self._load()
@@ -202,6 +210,12 @@ class PiperTTS:
         from piper import SynthesisConfig
 
         config = SynthesisConfig(length_scale=DEFAULT_RATE / self.rate)
+        if self.speaker is not None:
+            speakers = voice.config.speaker_id_map or {}
+            if self.speaker not in speakers:
+                raise AudioError(f"Piper voice {self.voice!r} has no speaker {self.speaker!r}"
+                                 + (f"; it has {', '.join(speakers)}" if speakers else " (a single-speaker voice)"))
+            config.speaker_id = speakers[self.speaker]
         if self.deterministic:
             config.noise_scale = config.noise_w_scale = 0.0
         with self._lock:  # one onnxruntime session; concurrent runs would only contend for the same cores

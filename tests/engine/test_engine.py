@@ -362,6 +362,9 @@ def test_per_request_keep_alive_unloads_preloads_and_reports_expiry(make_engine:
     asyncio.run(asyncio.wait_for(wait_ready(engine), timeout=60))
     assert engine.status().state is EngineState.READY and engine.status().expires_at is None  # inf: never
 
+    engine.keep_alive(1e15)  # longer than the OS can wait at once: the worker must survive it
+    asyncio.run(asyncio.sleep(0.2))
+    assert engine.crashed() is None and engine.status().state is EngineState.READY
     engine.keep_alive(120)
     expires = engine.status().expires_at
     assert expires is not None and 110 < expires - time.time() <= 120

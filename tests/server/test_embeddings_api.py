@@ -123,14 +123,14 @@ def test_limits_and_wrong_types_are_400s_with_param(daemon: Daemon) -> None:
 def test_the_total_size_of_a_request_is_bounded() -> None:
     # The test daemon's 64 KiB body limit comes first, so the route's own bound is checked on its parser here.
     from edge_runtime.errors import InvalidRequest
-    from edge_runtime.server.embeddings_api import MAX_TOTAL_CHARS, _inputs
+    from edge_runtime.server.embeddings_api import MAX_TOTAL_CHARS, parse_inputs
 
-    assert len(_inputs(["x" * (MAX_TOTAL_CHARS // 2)] * 2)) == 2
+    assert len(parse_inputs(["x" * (MAX_TOTAL_CHARS // 2)] * 2)) == 2
     with pytest.raises(InvalidRequest, match="characters in all") as caught:
-        _inputs(["x" * (MAX_TOTAL_CHARS // 2)] * 2 + ["y"])
+        parse_inputs(["x" * (MAX_TOTAL_CHARS // 2)] * 2 + ["y"])
     assert caught.value.param == "input"
     with pytest.raises(InvalidRequest, match="characters in all"):
-        _inputs([[1] * MAX_TOTAL_CHARS, [2]])
+        parse_inputs([[1] * MAX_TOTAL_CHARS, [2]])
 
 
 def test_chat_completions_work_while_and_after_embeddings_run(daemon: Daemon) -> None:

@@ -31,6 +31,12 @@ def _bounded(body: Any) -> Any:
                 body[key] = min(body[key], FUZZ_MAX_TOKENS)
         if "max_tokens" not in body and "max_completion_tokens" not in body:
             body["max_tokens"] = FUZZ_MAX_TOKENS
+        options = body.setdefault("options", {})  # the Ollama API's num_predict (/v1 ignores the field)
+        if isinstance(options, dict):
+            options["num_predict"] = FUZZ_MAX_TOKENS
+        # keep_alive is engine-wide (the last request's wins): a fuzzed one would make the session's shared daemon
+        # unload between the other tests' requests.
+        body.pop("keep_alive", None)
     return body
 
 

@@ -208,6 +208,10 @@ def test_the_hostile_corpus_never_hurts_the_daemon(victim: Daemon) -> None:
             response = client.post(case.route, content=case.body, headers={"Content-Type": case.content_type})
             if response.status_code not in case.statuses:
                 failures.append(f"{case.name}: {response.status_code} {response.text[:200]}")
+            elif case.route.startswith("/api/") and response.status_code >= 400:
+                error = response.json().get("error")
+                if not isinstance(error, str) or "\n" in error:  # Ollama's errors: one line of text
+                    failures.append(f"{case.name}: not an Ollama error: {response.text[:200]}")
             health = client.get("/health")
             if victim.proc.poll() is not None:
                 raise AssertionError(f"{case.name} killed the daemon (exit {victim.proc.returncode}):\n"

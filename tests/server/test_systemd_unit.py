@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "clawd-edge.service"
+RPC_UNIT = ROOT / "systemd" / "clawd-edge-rpc.service"
 INSTALLED_EXEC = "/opt/clawd-edge/venv/bin/clawd-edge"
 MAX_EXPOSURE = 2.0
 
@@ -18,30 +19,33 @@ needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze missing (apt-get install systemd)")
 
 
-def _unit_with_real_binary(tmp_path: Path) -> Path:
+def _unit_with_real_binary(tmp_path: Path, unit: Path = UNIT) -> Path:
     # verify checks that ExecStart exists; on this machine the venv of install-service.sh does not, so the
     # copy points at the clawd-edge on PATH. Only that path changes; every other line is the shipped one.
-    text = UNIT.read_text()
-    assert f"ExecStart={INSTALLED_EXEC} serve" in text
+    text = unit.read_text()
+    assert f"ExecStart={INSTALLED_EXEC} " in text
     exe = shutil.which("clawd-edge")
     assert exe, "clawd-edge is not on PATH (pip install -e .)"
-    copy = tmp_path / UNIT.name
+    copy = tmp_path / unit.name
     copy.write_text(text.replace(f"ExecStart={INSTALLED_EXEC}", f"ExecStart={exe}"))
     return copy
 
 
 @needs_analyze
-def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
-    result = subprocess.run(["systemd-analyze", "verify", str(_unit_with_real_binary(tmp_path))],
+@pytest.mark.parametrize("unit", [UNIT, RPC_UNIT], ids=lambda u: u.name)
+def test_systemd_analyze_verify_is_clean(tmp_path: Path, unit: Path) -> None:
+    result = subprocess.run(["systemd-analyze", "verify", str(_unit_with_real_binary(tmp_path, unit))],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
 
 
 @needs_analyze
-def test_security_exposure_is_at_most_two(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unit", [UNIT, RPC_UNIT], ids=lambda u: u.name)
+def test_security_exposure_is_at_most_two(tmp_path: Path, unit: Path) -> None:
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
-                             str(_unit_with_real_binary(tmp_path))], capture_output=True, text=True, timeout=60)
+                             str(_unit_with_real_binary(tmp_path, unit))], capture_output=True, text=True,
+                            timeout=60)
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout

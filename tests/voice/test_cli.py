@@ -12,7 +12,8 @@ from edge_runtime.voice.audio import Audio, decode_wav, encode_wav
 from edge_runtime.voice.stt import transcribe
 from edge_runtime.voice.vosk_stt import VoskEngine
 
-from .conftest import KO_GRAMMAR, KO_PHRASES, KO_PITCH, KO_RATE, VirtualAudio
+from ..speech import KO_GRAMMAR, KO_PHRASES, KO_PITCH, KO_RATE
+from .conftest import VirtualAudio
 
 
 def ko_config(tmp_path: Path) -> Path:

@@ -19,7 +19,7 @@ from edge_runtime.voice.options import parse_options
 from edge_runtime.voice.stt import transcribe
 from edge_runtime.voice.vosk_stt import VoskEngine
 
-from .conftest import KO_GRAMMAR, KO_PHRASES, KO_PITCH, KO_RATE
+from ..speech import KO_GRAMMAR, KO_PHRASES, KO_PITCH, KO_RATE
 
 UPLOAD_LIMIT = 256 * 1024
 

@@ -15,7 +15,8 @@ from edge_runtime.voice.sources import MicSource
 from edge_runtime.voice.stt import finals
 from edge_runtime.voice.vosk_stt import VoskEngine
 
-from .conftest import KO_GRAMMAR, KO_PHRASES, VirtualAudio
+from ..speech import KO_GRAMMAR, KO_PHRASES
+from .conftest import VirtualAudio
 
 # The virtual mic is not paced by a clock: it delivers as fast as the CPU allows, so the queue must hold the
 # whole test utterance; everything after it is dropped (and counted), exactly as with a slow consumer.

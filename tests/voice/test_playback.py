@@ -19,7 +19,8 @@ from edge_runtime.voice.stt import transcribe
 from edge_runtime.voice.tts import EspeakTTS
 from edge_runtime.voice.vosk_stt import VoskEngine
 
-from .conftest import KO_GRAMMAR, KO_PITCH, KO_RATE, VirtualAudio
+from ..speech import KO_GRAMMAR, KO_PITCH, KO_RATE
+from .conftest import VirtualAudio
 
 ESPEAK_RATE = 22050
 

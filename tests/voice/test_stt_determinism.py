@@ -8,7 +8,7 @@ from edge_runtime.voice.audio import Audio
 from edge_runtime.voice.stt import finals
 from edge_runtime.voice.vosk_stt import VoskEngine
 
-from .conftest import KO_GRAMMAR
+from ..speech import KO_GRAMMAR
 
 
 def test_same_audio_same_transcript_whatever_the_rand_state(ko_engine: VoskEngine,

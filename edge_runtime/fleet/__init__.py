@@ -1,0 +1,1 @@
+"""Running several boards as one service: the /health probe and the HAProxy and keepalived config writers."""
