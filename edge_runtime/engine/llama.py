@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import math
@@ -16,16 +15,14 @@ from typing import TYPE_CHECKING
 
 from ..errors import ClawdError, EngineBusy, EngineError, InvalidRequest, ShuttingDown, WorkerLost, fresh
 from ..gguf_file import inspect
-from .grammar import grammar_text
+from .jobs import make_jobs
 from .outbox import Outbox
 from .planner import MemoryPlan, plan_for
 from .prompt import PromptBuilder, call_format
 from .rpc import parse_workers, unreachable
-from .sampling import validate
 from .scheduler import Job, Scheduler, Stats
 from .specials import SpecialText
 from .template import load_template
-from .toolgrammar import call_grammar
 from .toolstream import ToolStream
 from .types import Chunk, EngineState, EngineStatus, GenerationRequest
 
@@ -71,6 +68,7 @@ class LlamaEngine:
         self._inflight = 0
         self._closing = False
         self._crash: str | None = None
+        self._lost: str | None = None  # why an RPC worker's loss is about to end the process
         self._halting = self._halted = False
         self._want_load = preload and self._keep_alive > 0
         self._state = EngineState.LOADING if self._want_load else EngineState.UNLOADED
@@ -89,41 +87,11 @@ class LlamaEngine:
     def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         return self._generate(request)
 
-    def _jobs(self, request: GenerationRequest) -> list[Job]:
-        """One job per choice, sharing one queue; validates the request first (a 400 never takes a slot)."""
-        if (request.prompt is None) == (request.messages is None):
-            raise InvalidRequest("give exactly one of prompt or messages", param="messages")
-        if request.messages is not None and not request.messages:
-            raise InvalidRequest("messages must not be empty", param="messages")
-        if not 1 <= request.n <= min(MAX_CHOICES, self._max_inflight):
-            raise InvalidRequest(f"n must be between 1 and {min(MAX_CHOICES, self._max_inflight)} (the slots plus "
-                                 "server.max_queue)", param="n")
-        sampling = request.sampling
-        validate(sampling)
-        use, grammar, lazy = request.tools, grammar_text(sampling), None
-        if use is not None:
-            if request.messages is None:
-                raise InvalidRequest("tools need chat messages", param="tools")
-            if grammar is not None:
-                raise InvalidRequest("tools cannot be combined with grammar or response_format", param="tools")
-            # "auto": the model writes freely until it starts a call; "required" and a named tool: from the start.
-            if use.choice == "auto":
-                lazy = call_grammar(use, self._call_format, after_open=True)
-            else:
-                grammar = call_grammar(use, self._call_format, after_open=False)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
-        jobs = []
-        for index in range(request.n):
-            seeded = request if sampling.seed is None or index == 0 else dataclasses.replace(
-                request, sampling=dataclasses.replace(sampling, seed=(sampling.seed + index) % 2**32))
-            jobs.append(Job(seeded, grammar, loop, queue, index=index,
-                            lazy=None if lazy is None else (self._call_format.open, lazy)))
-        return jobs
-
     async def _generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
-        jobs = self._jobs(request)
+        jobs = make_jobs(request, self._call_format, min(MAX_CHOICES, self._max_inflight))
         with self._cond:
+            if self._lost is not None:
+                raise WorkerLost(self._lost)
             if self._closing or self._halting:
                 if self._state is EngineState.FAILED:
                     raise EngineError(f"the engine is not running: {self._reason}")
@@ -350,10 +318,11 @@ class LlamaEngine:
         who = f"RPC worker {', '.join(w.endpoint for w in dead)}" if dead else "an RPC worker"
         reason = f"{who} failed ({detail}); restarting"
         log.critical("%s: failing %d request(s) and exiting with status %d", reason, self._inflight, EXIT_WORKER_LOST)
-        self._crash = reason
+        # Not self._crash: the runner would stop serving at once, and /health should say why until the exit.
         self._state, self._reason = EngineState.FAILED, reason
+        self._lost = f"{reason}; retry in a few seconds"  # new requests meanwhile: the same 503
         try:
-            self._fail_everything(WorkerLost(f"{reason}; retry in a few seconds"))
+            self._fail_everything(WorkerLost(self._lost))
             time.sleep(WORKER_LOST_GRACE)  # the event loop writes those answers meanwhile
         finally:
             logging.shutdown()

@@ -1,14 +1,14 @@
 """Wyoming options (`wyoming:` in config.yaml, or command-line flags), validated into a frozen dataclass."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ..config import Settings, parse_size
+from ..config import Settings
 from ..errors import ConfigError
+from ..options import Check, flag, integer, number, parse_section, replaced, size, text
 
 PREFIX = "wyoming."
 DEFAULT_URI = "tcp://127.0.0.1:10300"
@@ -39,16 +39,8 @@ class WyomingOptions:
     idle_timeout: float = 60.0  # seconds a connection may send nothing before it is closed
 
     def replace(self, **changes: Any) -> WyomingOptions:
-        values = {k: v for k, v in changes.items() if v is not None}
-        if not values:
-            return self
-        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        merged.update(values)
-        return parse_options(merged)
-
-
-def _bad(key: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"{value!r} is not allowed; expected {allowed}", key=PREFIX + key)
+        """A copy with the non-None `changes` applied, validated like config (command-line flags)."""
+        return replaced(self, parse_options, changes)
 
 
 def check_uri(value: object, key: str = PREFIX + "uri") -> str:
@@ -68,47 +60,18 @@ def check_uri(value: object, key: str = PREFIX + "uri") -> str:
     raise ConfigError(f"{value!r} is not allowed; expected {allowed}", key=key)
 
 
-_NUMBERS: Mapping[str, tuple[float, float, bool]] = {
-    "max_tokens": (1, 4096, True), "temperature": (0.0, 2.0, False), "history_turns": (0, 100, True),
-    "max_conversations": (1, 100000, True), "max_connections": (1, 10000, True),
-    "max_audio_seconds": (1.0, 3600.0, False), "max_text_chars": (1, 1 << 20, True),
-    "idle_timeout": (1.0, 86400.0, False),
+_CHECKS: Mapping[str, Check] = {
+    "enabled": flag, "uri": lambda key, value: check_uri(value, key), "zeroconf": flag, "zeroconf_name": text,
+    "system_prompt": text, "max_tokens": integer(1, 4096), "temperature": number(0.0, 2.0),
+    "history_turns": integer(0, 100), "max_conversations": integer(1, 100000), "max_connections": integer(1, 10000),
+    "max_audio_seconds": number(1.0, 3600.0), "max_text_chars": integer(1, 1 << 20),
+    "max_event_bytes": size(4096), "idle_timeout": number(1.0, 86400.0),
 }
-_NULLABLE = frozenset({"zeroconf_name", "system_prompt"})
 
 
 def parse_options(options: Mapping[str, Any]) -> WyomingOptions:
     """Validate the `wyoming:` section; unknown keys are errors listing the allowed ones."""
-    allowed = {f.name for f in dataclasses.fields(WyomingOptions)}
-    values: dict[str, Any] = {}
-    for raw_key, value in options.items():
-        key = str(raw_key)
-        if key not in allowed:
-            raise ConfigError(f"unknown option; allowed options are: {', '.join(sorted(allowed))}",
-                              key=PREFIX + key)
-        if value is None and key in _NULLABLE:
-            values[key] = None
-        elif key in _NUMBERS:
-            low, high, integer = _NUMBERS[key]
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if isinstance(value, bool) or not ok or not low <= value <= high:
-                raise _bad(key, value, f"{'an integer' if integer else 'a number'} from {low:g} to {high:g}")
-            values[key] = value if integer else float(value)
-        elif key in ("enabled", "zeroconf"):
-            if not isinstance(value, bool):
-                raise _bad(key, value, "true or false")
-            values[key] = value
-        elif key == "uri":
-            values[key] = check_uri(value)
-        elif key == "max_event_bytes":
-            values[key] = parse_size(value, PREFIX + key)
-            if values[key] < 4096:
-                raise _bad(key, value, "a size of at least 4 KiB")
-        else:
-            if not isinstance(value, str) or not value.strip():
-                raise _bad(key, value, "a non-empty string")
-            values[key] = value
-    parsed = WyomingOptions(**values)
+    parsed = parse_section(WyomingOptions, PREFIX, options, _CHECKS, frozenset({"zeroconf_name", "system_prompt"}))
     if parsed.zeroconf and not parsed.uri.startswith("tcp://"):
         raise ConfigError("zeroconf announces a TCP address; set wyoming.uri to tcp://HOST:PORT",
                           key=PREFIX + "zeroconf")

@@ -24,6 +24,20 @@ def _dir(path: Path) -> Path:
     return path
 
 
+def _health_until_gone(daemon: Daemon, timeout: float = 10.0) -> list[tuple[int, str]]:
+    """(status, reason) of /health every 20 ms until the daemon stops answering."""
+    seen: list[tuple[int, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(daemon.url + "/health", timeout=1.0)
+        except httpx.HTTPError:
+            break
+        seen.append((response.status_code, str(response.json().get("reason"))))
+        time.sleep(0.02)
+    return seen
+
+
 def _answer(daemon: Daemon) -> str:
     with daemon.client() as client:
         response = client.post("/v1/chat/completions", json=QUESTION)
@@ -73,6 +87,7 @@ def test_a_worker_lost_mid_stream_fails_requests_with_503_and_the_daemon_exits_t
         assert streaming.wait(60), split.log()
         killed_at = time.monotonic()
         rpc_workers.kill(workers[1])
+        health = _health_until_gone(split)
         for thread in threads:
             thread.join(30)
         code = split.proc.wait(30)
@@ -84,6 +99,8 @@ def test_a_worker_lost_mid_stream_fails_requests_with_503_and_the_daemon_exits_t
     # The stream ends with an error event naming the dead worker (no [DONE], no silent truncation) ...
     error = json.loads(events[-1])["error"]
     assert error["code"] == "rpc_worker_lost" and f"RPC worker {endpoints[1]} failed" in error["message"], events
+    # /health said why (load balancers and keepalived take the board out) until the process was gone ...
+    assert any(status == 503 and f"RPC worker {endpoints[1]} failed" in reason for status, reason in health), health
     # ... and the request still waiting for its answer gets a 503 it can retry.
     assert queued and queued[0].status_code == 503, queued
     assert queued[0].json()["error"]["code"] == "rpc_worker_lost" and queued[0].headers["retry-after"]
