@@ -24,12 +24,13 @@ class RpcWorkers:
     log_dir: Path
     procs: dict[Worker, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, port: int | None = None) -> Worker:
+    def start(self, port: int | None = None, *, mem_mib: int | None = None) -> Worker:
         worker = Worker("127.0.0.1", port or _free_port())
         log = (self.log_dir / f"worker-{worker.port}.log").open("wb")
+        memory = ("--mem", str(mem_mib)) if mem_mib is not None else ()
         self.procs[worker] = subprocess.Popen(
-            [sys.executable, "-m", "edge_runtime", "rpc-worker", "--port", str(worker.port), "--threads", "1"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "edge_runtime", "rpc-worker", "--port", str(worker.port), "--threads", "1",
+             *memory], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not reachable(worker):
             if self.procs[worker].poll() is not None or time.monotonic() > deadline:

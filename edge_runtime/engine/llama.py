@@ -316,6 +316,9 @@ class LlamaEngine:
         detail = message.rsplit(": ", 1)[-1] if message else "connection lost"
         dead = unreachable(parse_workers(self._settings.rpc))
         who = f"RPC worker {', '.join(w.endpoint for w in dead)}" if dead else "an RPC worker"
+        if self._state is EngineState.LOADING and not dead:
+            # Alive but it dropped us while taking its layers: a worker whose --mem (or RAM) is below its share.
+            detail += "; while loading its layers: is its --mem below the share in the memory plan?"
         reason = f"{who} failed ({detail}); restarting"
         log.critical("%s: failing %d request(s) and exiting with status %d", reason, self._inflight, EXIT_WORKER_LOST)
         # Not self._crash: the runner would stop serving at once, and /health should say why until the exit.

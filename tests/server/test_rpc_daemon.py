@@ -118,3 +118,14 @@ def test_a_worker_lost_mid_stream_fails_requests_with_503_and_the_daemon_exits_t
             assert ("layers local 15 (" in again.log()) == bool(rpc), again.log()  # 30 layers over 2 boards
         finally:
             assert again.terminate() == 0, again.log()
+
+
+def test_a_worker_whose_mem_is_below_its_share_is_reported_at_load(rpc_workers: RpcWorkers, smollm2_path: Path,
+                                                                  tmp_path: Path) -> None:
+    """`rpc-worker --mem 64` cannot hold 15 layers of SmolLM2 with 4 slots x 2048 of KV: it drops the connection
+    during the load, and the daemon says what to look at instead of aborting."""
+    worker = rpc_workers.start(mem_mib=64)
+    with pytest.raises(AssertionError, match=r"while loading its layers: is its --mem below the share") as failed:
+        start_daemon(tmp_path, smollm2_path, api_key=None, extra={"rpc": [worker.endpoint], "parallel": 4,
+                                                                  "max_sequence_length": 2048})
+    assert f"exited with {EXIT_WORKER_LOST}" in str(failed.value)
