@@ -30,6 +30,7 @@ if [[ "$extras" == *dev* && "$(uname -m)" == x86_64 ]]; then
 fi
 if [[ "$extras" == *dev* ]]; then
   apt_packages+=(prometheus)  # promtool and a real Prometheus for the monitoring tests
+  apt_packages+=(chromium)  # the kiosk screen tests: Playwright drives Debian's browser (no browser download)
   apt_packages+=(haproxy keepalived iproute2)  # the fleet tests: a real balancer, VRRP in network namespaces
   # the container image (scripts/build-image.sh: a Debian root by mmdebstrap, committed by buildah) and its test
   # under root podman; runc because crun 1.8 refuses hosts with a hybrid cgroup v1/v2 layout

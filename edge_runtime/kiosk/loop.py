@@ -19,14 +19,17 @@ from ..threads import ThreadFeed
 from .audio import TimedPlayer, TimedSource
 from .history import Conversation
 from .options import KioskOptions
+from .screen import Screen, frame_url
 from .turnlog import TurnLog, TurnRecord
 
 if TYPE_CHECKING:
     from ..ocr.module import OcrModule
+    from ..ocr.reader import OcrResult
     from ..voice.module import VoiceModule
     from ..voice.speaker import Speaker
 
 log = logging.getLogger(__name__)
+TALK_WINDOW = 8.0  # seconds the screen shows "listening" after push-to-talk when nobody speaks
 
 
 class State(str, enum.Enum):
@@ -60,7 +63,7 @@ class Kiosk:
                  options: KioskOptions, *, log_to: TurnLog | None = None,
                  on_text: Callable[[str], None] | None = None,
                  on_state: Callable[[State], None] | None = None,
-                 on_input: Callable[[KioskInput], None] | None = None) -> None:
+                 on_input: Callable[[KioskInput], None] | None = None, screen: Screen | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.voice = voice
@@ -70,6 +73,7 @@ class Kiosk:
         self.on_text = on_text
         self.on_state = on_state
         self.on_input = on_input
+        self.screen = screen
         self.state = State.IDLE
         context = options.context_tokens or settings.max_sequence_length
         self.history = Conversation(options.system_prompt, max_turns=options.history_turns,
@@ -87,6 +91,7 @@ class Kiosk:
         self._current: asyncio.Task[TurnRecord] | None = None
         self._speech_start: float | None = None
         self._feeds: list[ThreadFeed[KioskInput]] = []
+        self._after_cancel = State.LISTENING  # where a cancelled turn leaves the kiosk (stop(): idle)
 
     # --- state ------------------------------------------------------------------------------------
     def _set_state(self, state: State, record: TurnRecord | None = None) -> None:
@@ -97,6 +102,8 @@ class Kiosk:
             record.states.append((state.value, time.time()))
         if self.on_state is not None:
             self.on_state(state)
+        if self.screen is not None:
+            self.screen.state(state.value)
 
     # --- inputs -----------------------------------------------------------------------------------
     def submit(self, item: KioskInput | BaseException | None) -> None:
@@ -118,7 +125,8 @@ class Kiosk:
                              realtime=self.options.realtime_input)
 
         def heard(cancel: threading.Event) -> Iterator[KioskInput]:
-            for text in voice.listen(source, on_speech=self._heard_speech, cancel=cancel):  # type: ignore[arg-type]
+            for text in voice.listen(source, on_speech=self._heard_speech, cancel=cancel,  # type: ignore[arg-type]
+                                     on_partial=self._heard_partial if self.screen is not None else None):
                 marks = {"transcript": time.time()}
                 end = source.last_voiced()
                 if end is not None:
@@ -141,6 +149,42 @@ class Kiosk:
             return
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._barge_in)
+
+    def _heard_partial(self, text: str) -> None:
+        """Audio thread: the recogniser's hypothesis changed; the screen shows it while the visitor speaks."""
+        loop, screen = self._loop, self.screen
+        if loop is not None and screen is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(screen.partial, text)
+
+    def stop(self) -> None:
+        """The screen's stop button: silence the reply and drop the rest of the turn; the kiosk goes idle."""
+        current = self._current
+        if current is not None and not current.done():
+            log.info("stop: the visitor stopped the turn while the kiosk was %s", self.state.value)
+            self._after_cancel = State.IDLE
+            if self.speaker is not None:
+                self.speaker.stop()
+            current.cancel()
+
+    def talk(self) -> None:
+        """The screen's push-to-talk button: like speech starting, it stops the reply whatever `barge_in` says,
+        and the kiosk shows it is listening (for TALK_WINDOW seconds if nobody speaks)."""
+        current = self._current
+        if current is not None and not current.done():
+            if self.speaker is not None:
+                self.speaker.stop()
+            current.cancel()
+        else:
+            self._set_state(State.LISTENING)
+        if self._loop is not None:
+            self._loop.call_later(TALK_WINDOW, self._talk_expired, time.time())
+
+    def _talk_expired(self, pressed: float) -> None:
+        spoke = self._speech_start is not None and self._speech_start >= pressed
+        idle = self._current is None or self._current.done()
+        if self.state is State.LISTENING and idle and not spoke:
+            self._set_state(State.IDLE)
 
     def _barge_in(self) -> None:
         barge = self.voice is not None and self.voice.options.barge_in
@@ -206,6 +250,8 @@ class Kiosk:
         self._set_state(State.THINKING, record)
         try:
             read, question = self._wants_read(item)
+            if self.screen is not None:
+                self.screen.turn(record.turn, item.source, item.text, read)
             prompt = question
             if read:
                 prompt = await self._read_camera(record, question)
@@ -217,8 +263,13 @@ class Kiosk:
             log.error("turn %d failed: %s", record.turn, exc)
         finally:
             record.mark("done")
-            # Interrupted means someone is talking: the kiosk is listening to them now.
-            self._set_state(State.LISTENING if record.interrupted else State.IDLE, record)
+            # Interrupted means someone is talking (barge-in): the kiosk is listening to them now.
+            self._set_state(self._after_cancel if record.interrupted else State.IDLE, record)
+            self._after_cancel = State.LISTENING
+            if self.screen is not None:
+                self.screen.done({"turn": record.turn, "source": record.source, "user": record.user,
+                                  "answer": record.answer, "interrupted": record.interrupted,
+                                  "error": record.error})
             if self.turn_log is not None:
                 self.turn_log.write(record)
         return record
@@ -227,13 +278,24 @@ class Kiosk:
         if self.ocr is None:
             raise UsageError("reading needs the ocr module (modules.ocr) and a camera")
         record.mark("ocr_start")
-        result = await self.ocr.read_camera(self.options.camera)
+        frame = await self.ocr.grab(self.options.camera)
+        result = await self.ocr.read_image(frame)
         record.mark("ocr_done")
+        if self.screen is not None:
+            await self._show_frame(frame, result)
         record.ocr_text = result.text
         seen = " / ".join(line for line in result.text.splitlines() if line.strip())
         if not seen:
             return f"The camera shows no readable text. Tell the visitor that briefly. {question}"
         return f'The camera shows a sign that reads: "{seen}". {question}'
+
+    async def _show_frame(self, frame: object, result: OcrResult) -> None:
+        screen = self.screen
+        if screen is None:
+            return
+        height, width = getattr(frame, "shape", (0, 0))[:2]
+        image = await asyncio.to_thread(frame_url, frame)
+        screen.frame(image, int(width), int(height), [word.to_dict() for word in result.words], result.text)
 
     async def _answer(self, record: TurnRecord, prompt: str) -> None:
         record.prompt = prompt
@@ -270,6 +332,8 @@ class Kiosk:
                     record.answer += chunk.text
                     if self.on_text is not None:
                         self.on_text(chunk.text)
+                    if self.screen is not None:
+                        self.screen.delta(chunk.text)
                     yield chunk.text
                 if chunk.usage is not None:
                     usage = chunk.usage

@@ -32,6 +32,9 @@ class KioskOptions:
     speak: bool = True
     vad_threshold: int = 400  # RMS (16-bit) above which a 100 ms chunk counts as speech
     realtime_input: bool = False  # pace file input like a live microphone (benchmarks)
+    # /kiosk (page, event stream, buttons) without the API key, for browsers on this machine only (the board's
+    # own touch screen); viewers elsewhere always need the key.
+    screen_public: bool = False
 
     def replace(self, **changes: Any) -> KioskOptions:
         """A copy with the non-None `changes` applied, validated like config (command-line flags)."""
@@ -48,7 +51,7 @@ _CHECKS: Mapping[str, Check] = {
     "enabled": flag, "system_prompt": text, "max_tokens": integer(1, 4096), "temperature": number(0.0, 2.0),
     "seed": integer(0, 2**32 - 1), "history_turns": integer(0, 100), "context_tokens": integer(64, 1 << 20),
     "read_triggers": _triggers, "read_prompt": text, "camera": text, "log": text, "speak": flag,
-    "vad_threshold": integer(1, 32767), "realtime_input": flag,
+    "vad_threshold": integer(1, 32767), "realtime_input": flag, "screen_public": flag,
 }
 
 

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..engine.types import Engine
-from ..errors import ClawdError
+from ..errors import ClawdError, EngineBusy
 from ..modules import stop_modules
 from .options import KioskOptions, parse_options
+from .screen import Screen
 from .turnlog import TurnLog
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class KioskService:
         self._started: list[Module] = []
         self._turn_log: TurnLog | None = None
         self._stopping: asyncio.Future[None] | None = None
+        self.screen = Screen()  # what /kiosk shows; it outlives restarts of the loop
 
     def snapshot(self) -> dict[str, Any]:
         """For /health and /metrics: status, the loop's state, turns answered, failures, the last error."""
@@ -117,6 +119,14 @@ class KioskService:
         return {"status": self.status, "state": kiosk.state.value if kiosk is not None else None,
                 "turns": self._turns_before + (kiosk.turns if kiosk is not None else 0),
                 "failures": self.failures, "reason": self.reason}
+
+    def running_kiosk(self) -> Kiosk:
+        """The loop now answering, for the screen's buttons; EngineBusy (503) while it is starting or failed."""
+        kiosk = self._kiosk
+        if kiosk is None or self.status != "running":
+            why = f": {self.reason}" if self.reason else ""
+            raise EngineBusy(f"the kiosk is not running (status {self.status}{why})")
+        return kiosk
 
     def start(self) -> None:
         """Run the loop in the background (call once the engine is loaded and the daemon's modules started)."""
@@ -132,6 +142,7 @@ class KioskService:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        self.screen.close()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
@@ -148,6 +159,7 @@ class KioskService:
 
     def _set(self, status: str, reason: str | None = None) -> None:
         self.status, self.reason = status, reason
+        self.screen.status(status, reason)
         if self.notify is not None:
             self.notify(f"kiosk {status}" + (f": {reason}" if reason else ""))
 
@@ -195,7 +207,7 @@ class KioskService:
         if self._kiosk is not None:
             self._turns_before += self._kiosk.turns
         kiosk = Kiosk(self.settings, self.engine, self.parts.voice, self.parts.ocr, self.parts.options,
-                      log_to=self._turn_log, on_input=heard)
+                      log_to=self._turn_log, on_input=heard, screen=self.screen)
         self._kiosk = kiosk
         kiosk.listen()
         self._set("running")

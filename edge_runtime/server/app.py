@@ -86,6 +86,14 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
     module_routers = [router for module in modules for router in module.routers()]
     for router in module_routers:
         app.include_router(router)
+    screen_access = None
+    if kiosk is not None:
+        from edge_runtime.kiosk.http import build_router as kiosk_router
+        from edge_runtime.kiosk.http import screen_access as kiosk_screen_access
+
+        app.include_router(kiosk_router(kiosk, settings.server.api_key))
+        if settings.server.api_key:
+            screen_access = kiosk_screen_access(settings.server.api_key, kiosk.parts.options.screen_public)
 
     @app.get("/health", responses={503: {"description": "Model loading or failed"}})
     def health() -> JSONResponse:
@@ -120,7 +128,7 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
                        upload_limit=settings.server.max_upload_bytes, upload_paths=upload_paths(module_routers),
                        read_timeout=settings.server.read_timeout)
     if settings.server.api_key:
-        app.add_middleware(ApiKeyAuth, api_key=settings.server.api_key)
+        app.add_middleware(ApiKeyAuth, api_key=settings.server.api_key, allow=screen_access)
     if settings.server.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 

@@ -5,7 +5,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,14 +108,17 @@ class AccessLog:
 
 
 class ApiKeyAuth:
-    """Bearer API key on every route but the public ones; constant-time comparison."""
+    """Bearer API key on every route but the public ones; constant-time comparison. `allow` may let a request in
+    without the header (the kiosk screen: a browser's EventSource cannot send one)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, allow: Callable[[Scope], bool] | None = None) -> None:
         self.app = app
         self._expected = f"Bearer {api_key}".encode()
+        self._allow = allow
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS or (self._allow is not None
+                                                                         and self._allow(scope)):
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")

@@ -87,8 +87,10 @@ class VoiceModule:
         return source
 
     def listen(self, source: AudioSource | None = None, *, grammar: Sequence[str] | None = None,
-               on_speech: Callable[[], None] | None = None, cancel: threading.Event | None = None) -> Iterator[str]:
-        """Final transcripts from `source` (default: the configured input), blocking, wake-gated.
+               on_speech: Callable[[], None] | None = None, cancel: threading.Event | None = None,
+               on_partial: Callable[[str], None] | None = None) -> Iterator[str]:
+        """Final transcripts from `source` (default: the configured input), blocking, wake-gated; `on_partial`
+        (the kiosk screen) sees the recogniser's hypotheses while someone speaks, in this thread.
 
         Once `cancel` is set, recognition stops at its next chunk (AudioError) instead of waiting for a turn of
         the limiter behind uploads or decoding the rest of the utterance.
@@ -97,7 +99,7 @@ class VoiceModule:
         recognizer = self.stt().recognizer(grammar if grammar is not None else self.grammar())
         try:
             yield from finals(source.chunks(), self.limiter.gated(recognizer, cancel), wake=self.wake_gate(),
-                              on_speech=on_speech)
+                              on_speech=on_speech, on_partial=on_partial)
         finally:
             recognizer.close()
             source.close()

@@ -125,9 +125,12 @@ def recognize(chunks: Iterable[bytes], recognizer: Recognizer,
 
 
 def finals(chunks: Iterable[bytes], recognizer: Recognizer, *, wake: WakeGate | None = None,
-           on_speech: Callable[[], None] | None = None) -> Iterator[str]:
-    """Non-empty final transcripts (after the wake gate, if any)."""
+           on_speech: Callable[[], None] | None = None,
+           on_partial: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Non-empty final transcripts (after the wake gate, if any); `on_partial` sees each changed hypothesis."""
     for result in recognize(chunks, recognizer, on_speech):
+        if not result.final and on_partial is not None and result.text.strip():
+            on_partial(result.text)
         if not result.final or not result.text.strip():
             continue
         text = wake(result.text) if wake is not None else result.text
