@@ -14,7 +14,7 @@ from edge_runtime.errors import ClawdError, RegistryError
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
-    from edge_runtime.store import ResolvedModel
+    from edge_runtime.store import ModelStore, ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,20 @@ class AppContext:
         """The OpenAI `model` id of the served model: the engine's name for it."""
         return self.engine.status().model or Path(self.settings.model_path).stem
 
-    def _registry_entries(self) -> list[Any]:
+    def store(self) -> ModelStore | None:
+        """The model store of the settings, or None (logged) when its registry cannot be read: model listings then
+        show the served model only."""
         from edge_runtime.store import ModelStore
 
         try:
-            store = ModelStore.from_settings(self.settings)
+            return ModelStore.from_settings(self.settings)
         except ClawdError as exc:
             log.warning("model registry unavailable: %s", exc)
+            return None
+
+    def _registry_entries(self) -> list[Any]:
+        store = self.store()
+        if store is None:
             return []
         return [(e, store.path_for(e)) for e in store.registry.entries if e.kind == "llm"]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -151,6 +152,8 @@ async def _unloaded(engine: Engine) -> None:
 def ollama_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None) -> APIRouter:
     """`embeddings` serves /api/embed (or says why it is off), as it does /v1/embeddings."""
     router = APIRouter(prefix="/api")
+    # Read on first use, then kept: every chat would otherwise parse the GGUF header on the event loop.
+    served = functools.cache(functools.partial(served_model, ctx))
 
     def limits() -> Limits:
         """This server's bounds for one generation (server.max_tokens, the slot context)."""
@@ -178,7 +181,7 @@ def ollama_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None) -> 
     async def run(request: Request, body: ChatRequest | GenerateRequest, chat: bool) -> Response:
         """Resolve the model, apply keep_alive, translate the body, then generate (or load / unload)."""
         record = record_of(request.scope)
-        model = resolve(ctx, served_model(ctx), body.model)
+        model = resolve(ctx, served(), body.model)
         record.model = model
         keep_alive = keep_alive_seconds(body.keep_alive, ctx.settings.keep_alive)
         empty = not body.messages if isinstance(body, ChatRequest) else not body.prompt and not body.raw
@@ -224,17 +227,17 @@ def ollama_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None) -> 
     @router.get("/tags")
     def list_tags() -> dict[str, Any]:
         """The served model and the registry LLMs already pulled into the models dir."""
-        return {"models": tags(ctx)}
+        return {"models": tags(ctx, served())}
 
     @router.get("/ps")
     def list_running() -> dict[str, Any]:
         """The served model while it is loaded, with `expires_at` from keep_alive."""
-        return {"models": running(ctx)}
+        return {"models": running(ctx, served())}
 
     @router.post("/show")
     def show(body: ModelRequest) -> dict[str, Any]:
         """Details, GGUF metadata (`model_info`), chat template and sampling defaults of the served model."""
-        model = served_model(ctx)
+        model = served()
         resolve(ctx, model, body.wanted())
         return model.show(slot_context(ctx), SamplingParams(), ["completion", "tools"])
 

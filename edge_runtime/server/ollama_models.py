@@ -30,21 +30,14 @@ def split_tag(name: str) -> tuple[str, str]:
     return base, tag or DEFAULT_TAG
 
 
-def _store(ctx: AppContext) -> ModelStore | None:
-    try:
-        return ModelStore.from_settings(ctx.settings)
-    except ClawdError as exc:
-        log.warning("model registry unavailable: %s", exc)
-        return None
-
-
 def served_model(ctx: AppContext) -> LocalModel:
     """The loaded model under its registry name when it is a registry model (also when served by path: matched by
-    file name and size), else under the engine's name for it."""
+    file name and size), else under the engine's name for it. It reads the GGUF header (tens of ms): the router
+    reads it once, since a daemon serves one model for its whole life."""
     served = ctx.served
     path = served.path if served is not None else Path(ctx.settings.model_path).expanduser()
     entry = served.entry if served is not None else None
-    store = _store(ctx)
+    store = ctx.store()
     if entry is None and store is not None and path.is_file():
         size = path.stat().st_size
         entry = next((e for e in store.registry.by_filename(path.name) if e.kind == "llm" and e.size in (None, size)),
@@ -72,11 +65,10 @@ def slot_context(ctx: AppContext) -> int:
     return max(1, status.kv_cells_total // max(1, status.slots_total))
 
 
-def tags(ctx: AppContext) -> list[dict[str, Any]]:
+def tags(ctx: AppContext, served: LocalModel) -> list[dict[str, Any]]:
     """The served model first, then every other registry LLM already in the models dir (Ollama's "local")."""
-    served = served_model(ctx)
     out = [served.tag()]
-    store = _store(ctx)
+    store = ctx.store()
     if store is None:
         return out
     for entry in store.registry.entries:
@@ -90,17 +82,17 @@ def tags(ctx: AppContext) -> list[dict[str, Any]]:
     return out
 
 
-def running(ctx: AppContext) -> list[dict[str, Any]]:
+def running(ctx: AppContext, served: LocalModel) -> list[dict[str, Any]]:
     """/api/ps: the served model while it is loaded, with when keep_alive will unload it."""
     status = ctx.engine.status()
     if status.state is not EngineState.READY:
         return []
-    return [served_model(ctx).process(status.expires_at, slot_context(ctx))]
+    return [served.process(status.expires_at, slot_context(ctx))]
 
 
 def registry_entry(ctx: AppContext, requested: str) -> tuple[ModelStore, RegistryEntry]:
     """The registry LLM that /api/pull fetches for `requested` (`name` or `name:latest`)."""
-    store = _store(ctx)
+    store = ctx.store()
     if store is None:
         raise RegistryError("the model registry is unavailable on this server (see its log)")
     base, tag = split_tag(requested)
