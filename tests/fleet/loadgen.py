@@ -35,10 +35,11 @@ class Outcome:
 
 
 def stream_chat(base: str, *, api_key: str | None, max_tokens: int, seed: int, timeout: float = 60.0,
-                path: str = "/v1/chat/completions") -> Outcome:
-    """POST one streaming chat completion and read it to [DONE] (or to the error that ended it)."""
+                path: str = "/v1/chat/completions", outcome: Outcome | None = None) -> Outcome:
+    """POST one streaming chat completion and read it to [DONE] (or to the error that ended it), filling
+    `outcome` (a new one by default) as it goes, so another thread can see the stream while it runs."""
     parts = urllib.parse.urlsplit(base)
-    outcome = Outcome(started=time.monotonic())
+    outcome = outcome or Outcome(started=time.monotonic())
     body = json.dumps({"model": "any", "messages": [{"role": "user", "content": PROMPTS[seed % len(PROMPTS)]}],
                        "max_tokens": max_tokens, "temperature": 0.7, "seed": seed, "stream": True}).encode()
     headers = {"Content-Type": "application/json"}
@@ -89,14 +90,24 @@ class Load:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _live: dict[int, Outcome] = field(default_factory=dict)  # each client's current request
 
     def _client(self, index: int) -> None:
         seed = index * 100_000
         while not self._stop.is_set():
-            outcome = stream_chat(self.base, api_key=self.api_key, max_tokens=self.max_tokens, seed=seed)
+            outcome = Outcome(started=time.monotonic())
+            with self._lock:
+                self._live[index] = outcome
+            stream_chat(self.base, api_key=self.api_key, max_tokens=self.max_tokens, seed=seed, outcome=outcome)
             seed += 1
             with self._lock:
                 self.outcomes.append(outcome)
+
+    def streaming_on(self, board: str) -> int:
+        """Requests `board` is streaming right now (a chunk has arrived and the stream has not ended)."""
+        with self._lock:
+            return sum(1 for o in self._live.values()
+                       if o.board == board and o.first_chunk is not None and not o.ended)
 
     def start(self) -> Load:
         for index in range(self.clients):

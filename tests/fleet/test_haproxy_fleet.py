@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.fleet.probe import probe
 from tests.server.conftest import API_KEY, Daemon, start_daemon
 
 from .fleet_helpers import BOARD_CONFIG, Haproxy, port_of, start_boards, start_haproxy
@@ -111,10 +110,13 @@ def test_kill_and_restart_a_board_under_load(fleet: tuple[list[Daemon], Haproxy,
     load = Load(balancer.url, CLIENTS, MAX_TOKENS, api_key=API_KEY).start()
     try:
         time.sleep(3)
-        # Kill it while it streams, so that the in-flight case is exercised every run.
-        deadline = time.monotonic() + 10
-        while probe(victim.url).slots_busy < BOARD_CONFIG["parallel"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Kill it while it streams, so that the in-flight case is exercised every run: a busy slot may still be
+        # evaluating its prompt (nothing sent yet, so HAProxy retries it elsewhere), hence wait for a stream that
+        # has delivered a chunk through the balancer.
+        deadline = time.monotonic() + 30
+        while load.streaming_on(victim_name) < 1:
+            assert time.monotonic() < deadline, "the victim board never streamed through the balancer"
+            time.sleep(0.005)
         kill_at = time.monotonic()
         victim.kill()  # SIGKILL: no drain, streams cut mid-token
         down_after = balancer.wait_status(victim_name, "DOWN", 10)
