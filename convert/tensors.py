@@ -47,7 +47,7 @@ class Planned:
         rows = self.shape[0] if self.shape else 1
         if self.permute_heads:
             data = src.read()[:rows]
-            yield _cast(_permute(data, self.permute_heads), self.qtype)
+            yield _cast(permute_heads_rows(data, self.permute_heads), self.qtype)
             return
         copy_raw = not self.plus_one and (src.dtype, self.qtype) in (("F16", Q.F16), ("F32", Q.F32))
         row_bytes = max(1, src.row_elements) * 4
@@ -69,7 +69,7 @@ def _cast(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), Q.BF16)
 
 
-def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
+def permute_heads_rows(weights: np.ndarray, n_head: int) -> np.ndarray:
     # HF rotates [first half | second half] of each head; llama.cpp (and the original Meta layout) interleaves.
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))

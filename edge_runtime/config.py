@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .adapter_config import AdapterSpec, adapters_to_list, parse_adapters
 from .errors import ConfigError
 
 ENV_CONFIG = "CLAWD_EDGE_CONFIG"
@@ -106,6 +107,10 @@ class Settings:
     memory_budget: int | None = None
     kv_cache_type: str = "auto"
     keep_alive: float = 300.0
+    # Slots' KV cells are saved when the model unloads (and once after the first request of a load) and read back
+    # at the next load, so the first request after a reboot or an idle unload finds its system prompt evaluated.
+    slot_cache: bool = True
+    slot_cache_dir: Path | None = None  # None: models_dir/.slot-cache
     chat_template: str | None = None
     system_prompt: str | None = None
     # Control-token text (`<|im_end|>`) inside chat messages is plain text by default, so a user cannot forge a
@@ -118,6 +123,8 @@ class Settings:
     embedding_pooling: str = "auto"
     # llama.cpp RPC workers (`clawd-edge rpc-worker`, host:port) that hold an even share of the model's layers.
     rpc: tuple[str, ...] = ()
+    # LoRA adapters loaded with the model; a request picks them by `lora` or by `model: base+name`.
+    adapters: tuple[AdapterSpec, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
     modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
     # The dialogue loop is not a plugin: its options live here and edge_runtime.kiosk validates them.
@@ -185,6 +192,8 @@ _TOP_LEVEL: dict[str, tuple[Any, str]] = {
     "context": _int(16, 1 << 22),
     "kv_cache_type": _choice(*KV_CACHE_TYPES),
     "keep_alive": _float(0),
+    "slot_cache": _bool(),
+    "slot_cache_dir": _str(),
     "chat_template": _str(),
     "system_prompt": _str(),
     "parse_special_in_messages": _bool(),
@@ -205,7 +214,8 @@ _SERVER: dict[str, tuple[Any, str]] = {
     "strict_model": _bool(),
 }
 _SERVER_SECONDS = {"shutdown_timeout", "read_timeout", "keep_alive_timeout"}
-_NULLABLE = {"registry", "context", "memory_budget", "chat_template", "system_prompt", "api_key", "embedding_model"}
+_NULLABLE = {"registry", "slot_cache_dir", "context", "memory_budget", "chat_template", "system_prompt", "api_key",
+             "embedding_model"}
 _ALIASES = {"model": "model_path", "ctx": "context", "n_parallel": "parallel"}
 
 
@@ -294,9 +304,11 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Settings:
             if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in items):
                 raise ConfigError(f"{value!r} is not allowed; expected a list of host:port", key=key, source=source)
             values[key] = tuple(v.strip() for v in items)
+        elif key == "adapters":
+            values[key] = parse_adapters(value, source)
         elif key == "memory_budget":
             values[key] = None if value is None else parse_size(value, "memory_budget", source)
-        elif key in ("models_dir", "registry"):
+        elif key in ("models_dir", "registry", "slot_cache_dir"):
             _check(_TOP_LEVEL, key, value if not isinstance(value, Path) else str(value), "", source)
             values[key] = None if value is None else Path(str(value)).expanduser()
         else:
@@ -320,6 +332,8 @@ def to_dict(settings: Settings) -> dict[str, Any]:
             value = dict(value)
         elif f.name == "rpc":
             value = list(value)
+        elif f.name == "adapters":
+            value = adapters_to_list(value)
         out[f.name] = value
     return out
 

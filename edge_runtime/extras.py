@@ -11,6 +11,7 @@ from .errors import DependencyMissing
 EXTRA_OF_MODULE: Mapping[str, str] = MappingProxyType({
     "fastapi": "server", "uvicorn": "server", "prometheus_client": "server", "starlette": "server",
     "pydantic": "server", "sounddevice": "voice", "vosk": "voice", "pocketsphinx": "voice", "multipart": "voice",
+    "onnxruntime": "voice", "pymicro_wakeword": "wakeword",
     "pytesseract": "ocr", "cv2": "ocr", "PIL": "ocr", "sentencepiece": "convert", "tqdm": "convert",
     "piper": "piper", "wyoming": "wyoming", "zeroconf": "zeroconf",
 })

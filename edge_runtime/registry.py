@@ -11,7 +11,7 @@ import yaml
 
 from .errors import RegistryError
 
-KINDS = ("llm", "stt", "tts")
+KINDS = ("llm", "stt", "tts", "vad")
 FORMATS = ("file", "dir")
 SOURCE_SCHEMES = ("pypi:", "hf:", "https://", "http://", "file:")
 REGISTRY_FILENAME = "registry.yaml"

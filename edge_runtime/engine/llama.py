@@ -21,6 +21,7 @@ from .planner import MemoryPlan, plan_for
 from .prompt import PromptBuilder, call_format
 from .rpc import parse_workers, unreachable
 from .scheduler import Job, Scheduler, Stats
+from .slotstate import SlotCache, open_slot_cache
 from .specials import SpecialText
 from .template import load_template
 from .toolstream import ToolStream
@@ -77,6 +78,8 @@ class LlamaEngine:
         self._loads = 0
         self._stats = Stats()
         self._sched: Scheduler | None = None
+        self._slot_cache: SlotCache | None = None
+        self._checkpointed = False  # this load's slots were written once (see SlotCache.save)
         self._waiting: deque[Job] = deque()
         self._outbox = Outbox(stream_interval)
         self._idle_since = time.monotonic()
@@ -262,6 +265,9 @@ class LlamaEngine:
         if had_work:
             if not sched.busy() and not self._waiting:
                 self._idle_since = time.monotonic()  # keep_alive counts from the end of the last request
+                if self._slot_cache is not None and not self._checkpointed:
+                    self._checkpointed = True
+                    self._slot_cache.save(sched.rt, sched.slots, only_missing=True)
         elif not self._waiting:
             deadline = self._idle_deadline()
             if deadline is not None and time.monotonic() >= deadline:
@@ -292,6 +298,11 @@ class LlamaEngine:
         specials = None if self._settings.parse_special_in_messages else SpecialText(runtime.control_texts())
         prompts = PromptBuilder(runtime, self._template, self._settings.system_prompt, specials)
         self._sched = Scheduler(runtime, prompts, self._stats, self._outbox.emit, self._done)
+        self._slot_cache = open_slot_cache(self._settings, self.plan, flash_attn=self._flash_attn,
+                                           slot_ctx=self._sched.slot_limit)
+        self._checkpointed = False
+        if self._slot_cache is not None:
+            self._slot_cache.restore(runtime, self._sched.slots, self._sched.slot_limit)
         self._idle_since = time.monotonic()
         self._state = EngineState.READY
         self._reason = (f"ready: {self.plan.n_parallel} slot(s) x {self._sched.slot_limit} ctx, KV {self.plan.kv_type},"
@@ -301,6 +312,8 @@ class LlamaEngine:
     def _unload(self, reason: str) -> None:
         sched, self._sched = self._sched, None
         if sched is not None:
+            if self._slot_cache is not None:
+                self._slot_cache.save(sched.rt, sched.slots)
             sched.rt.close()
         self._state, self._reason = EngineState.UNLOADED, reason
         log.info("model %s %s", self.name, reason)

@@ -13,6 +13,7 @@ from ..cpu import guard
 from ..cpu.build import installed as installed_build
 from ..cpu.features import CpuInfo, read_cpu
 from ..errors import EngineError, ModelError
+from .adapters import LoadedAdapters
 from .bufts import drop_extra_buffer_types
 from .greedy import GreedyPicker
 from .planner import MemoryPlan
@@ -243,6 +244,7 @@ class Runtime(Handles):
         cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.kv_type == "q8_0" \
             else flash_attn_type(lib, flash_attn)
         self._create_context(cparams, f"a context for {plan.describe()}")
+        self.adapters = LoadedAdapters(lib, self.model, self.ctx, plan.adapters)
         self.n_ctx_seq = int(lib.llama_n_ctx_seq(self.ctx))
         self.n_batch = int(lib.llama_n_batch(self.ctx))
         self.n_swa = int(lib.llama_model_n_swa(self.model))

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import sysinfo
+from ..adapter_config import AdapterSpec
 from ..errors import ConfigError, MemoryPlanError
 from ..gguf_file import GgufInfo, inspect
+from .adapters import check_files
 from .rpc import Split, parse_workers, probe, split_layers
 
 if TYPE_CHECKING:
@@ -50,10 +52,13 @@ class MemoryPlan:
     notes: tuple[str, ...] = field(default=())
     # Layers on llama.cpp RPC workers (weights_bytes and kv_bytes are then this board's share only).
     split: Split | None = None
+    # LoRA adapters loaded with the model (checked against it), and their tensors' bytes (read into RAM).
+    adapters: tuple[AdapterSpec, ...] = ()
+    adapter_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        return self.weights_bytes + self.adapter_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
 
     def describe(self) -> str:
         """One line for `clawd-edge doctor` and the daemon's startup log."""
@@ -61,7 +66,8 @@ class MemoryPlan:
             f"{self.n_parallel} slot(s) x {self.n_ctx_per_slot} ctx ({self.n_ctx} KV cells, split evenly, "
             f"KV {self.kv_type}), {'mmap' if self.use_mmap else 'read into RAM'}, batch {self.n_batch}/"
             f"{self.n_ubatch}; estimated {_mib(self.total_bytes)} = weights {_mib(self.weights_bytes)} + "
-            f"KV {_mib(self.kv_bytes)} + compute {_mib(self.compute_bytes)} + runtime "
+            + (f"{len(self.adapters)} LoRA adapter(s) {_mib(self.adapter_bytes)} + " if self.adapters else "")
+            + f"KV {_mib(self.kv_bytes)} + compute {_mib(self.compute_bytes)} + runtime "
             f"{_mib(self.overhead_bytes)}, of budget {_mib(self.budget)} ({self.budget_source})"
         )
         if self.split is not None:
@@ -129,7 +135,8 @@ def _choose_kv_types(requested: str) -> tuple[str, ...]:
 
 def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_ctx_per_slot: int,
          total_context: int | None = None, kv_cache_type: str = "auto", n_batch: int = 256,
-         workers: Sequence[tuple[str, int]] = ()) -> MemoryPlan:
+         workers: Sequence[tuple[str, int]] = (), adapters: tuple[AdapterSpec, ...] = (),
+         adapter_bytes: int = 0) -> MemoryPlan:
     """Fit `n_parallel` slots of `n_ctx_per_slot` into `budget`: f16 KV, else q8_0 (auto), else a shorter context.
 
     `total_context` below n_parallel x n_ctx_per_slot is split evenly between the slots. Not one pool shared by
@@ -166,7 +173,7 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
         share = rpc_split.local_share
         weights = info.file_size - sum(b.weights_bytes for b in rpc_split.workers)
     compute = compute_bytes(info, n_ubatch, n_parallel)
-    fixed = weights + compute + RUNTIME_OVERHEAD
+    fixed = weights + adapter_bytes + compute + RUNTIME_OVERHEAD
 
     def build(kv_type: str, cells: int, per_slot: int) -> MemoryPlan:
         return MemoryPlan(
@@ -176,6 +183,7 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
             kv_bytes=int(share * (cells * kv_bytes_per_cell(info, kv_type)
                                   + swa_bytes(info, kv_type, n_parallel, per_slot, n_ubatch))),
             compute_bytes=compute, overhead_bytes=RUNTIME_OVERHEAD, notes=tuple(notes), split=rpc_split,
+            adapters=adapters, adapter_bytes=adapter_bytes,
         )
 
     for kv_type in kv_types:
@@ -199,7 +207,8 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     smallest = build(kv_type, floor * n_parallel, floor)
     raise MemoryPlanError(
         f"{info.path.name} does not fit in the memory budget of {_mib(budget)} ({budget_source}): it needs at "
-        f"least {_mib(smallest.total_bytes)} (weights {_mib(weights)} + KV {_mib(smallest.kv_bytes)} for "
+        f"least {_mib(smallest.total_bytes)} (weights {_mib(weights)} + "
+        + (f"LoRA adapters {_mib(adapter_bytes)} + " if adapter_bytes else "") + f"KV {_mib(smallest.kv_bytes)} for "
         f"{n_parallel} slot(s) x {floor} ctx {kv_type} + compute {_mib(compute)} + runtime "
         f"{_mib(RUNTIME_OVERHEAD)}); use a smaller model, fewer slots (parallel) or a larger memory_budget"
     )
@@ -209,10 +218,11 @@ def plan_for(settings: Settings, model: ResolvedModel | Path | str) -> MemoryPla
     """The plan the engine would use for `settings` and `model`, without loading anything."""
     path = model if isinstance(model, (Path, str)) else model.path
     info = inspect(path)
+    adapter_bytes = check_files(settings.adapters, info)  # a wrong adapter file fails before anything loads
     budget, source = sysinfo.memory_budget(settings.memory_budget)
     # Each RPC worker is asked for its memory now (and a dead one named), before anything is loaded.
     workers = [(w.endpoint, probe(w).free_bytes) for w in parse_workers(settings.rpc)]
     return plan(info, budget=budget, budget_source=source, n_parallel=settings.parallel,
                 n_ctx_per_slot=settings.max_sequence_length,
                 total_context=settings.context, kv_cache_type=settings.kv_cache_type, n_batch=settings.batch_size,
-                workers=workers)
+                workers=workers, adapters=settings.adapters, adapter_bytes=adapter_bytes)

@@ -1,78 +1,27 @@
 """Continuous batching: slots share one KV cache; each step packs every slot's work into one llama_decode."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ..errors import ClawdError, EngineError, InvalidRequest, fresh
+from .adapters import adapter_key
+from .groups import GroupTurns, has_work
 from .logprobs import LogprobReader
 from .native import Copy, Runtime
 from .prompt import PromptBuilder
 from .sampling import Sampler
-from .text import StopMatcher, Utf8Stream
-from .types import Chunk, FinishReason, GenerationRequest, TokenLogprob, Usage
+from .slots import Job, Slot, Stats
+from .text import StopMatcher
+from .types import Chunk, FinishReason, TokenLogprob, Usage
+
+# Job, Slot and Stats live in .slots; they stay importable from here, where the engine has always taken them.
+__all__ = ["MIN_SHARED_PREFIX", "Job", "Scheduler", "Slot", "Stats", "common_prefix"]
 
 log = logging.getLogger(__name__)
 # A prefix held by another slot is copied (or waited for) only when it saves at least this many prompt tokens.
 MIN_SHARED_PREFIX = 8
-
-
-@dataclass(eq=False)
-class Job:
-    """One request from submission to its last chunk; the consumer side only reads `queue` and sets `cancelled`."""
-
-    request: GenerationRequest
-    grammar: str | None
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[Chunk | BaseException] = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    finished: bool = False
-    index: int = 0  # which choice of its request this job generates
-    # "auto" tool calls: the marker that starts a call, and the grammar that takes over once the model wrote it.
-    lazy: tuple[str, str] | None = None
-    # Delivery state (engine thread): text and logprobs not yet posted and when the last chunk went out.
-    held: str = ""
-    held_logprobs: list[TokenLogprob] = field(default_factory=list)
-    sent_at: float = 0.0
-    # Worker-side state.
-    prompt: list[int] = field(default_factory=list)
-    n_past: int = 0
-    n_cached: int = 0
-    n_generated: int = 0
-    generating: bool = False
-    next_token: int = -1
-    order: int = 0
-    # Set while this job waits for another slot to finish evaluating a prefix it will copy: (slot, its job, length).
-    wait_for: tuple[Slot, Job, int] | None = None
-    sampler: Sampler | None = None
-    utf8: Utf8Stream = field(default_factory=Utf8Stream)
-    stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
-
-
-@dataclass(eq=False)
-class Slot:
-    """A sequence id of the KV cache and the tokens whose cells it holds (positions 0..len-1)."""
-
-    seq: int
-    tokens: list[int] = field(default_factory=list)
-    job: Job | None = None
-    last_used: int = 0
-
-
-@dataclass
-class Stats:
-    """Monotonic counters for /metrics; plain ints written by the worker thread only."""
-
-    prompt_tokens_evaluated: int = 0
-    cached_prompt_tokens: int = 0
-    completion_tokens: int = 0
-    requests_finished: int = 0
-    requests_cancelled: int = 0
-    decode_calls: int = 0
-    prefix_copies: int = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -109,6 +58,8 @@ class Scheduler:
         self.slots = [Slot(seq) for seq in range(rt.plan.n_parallel)]
         self.slot_limit = min(rt.plan.n_ctx_per_slot, rt.n_ctx_seq)
         self._clock = itertools.count(1)
+        self._turns = GroupTurns()
+        self._grouped = len(rt.adapters) > 0  # without adapters every slot is in one group: skip the bookkeeping
 
     # -- admission ----------------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -127,6 +78,8 @@ class Scheduler:
             return False
         try:
             job.prompt = self.prompts.tokens(job.request, self.slot_limit)
+            job.adapters = adapter_key(job.request.adapters)
+            self.rt.adapters.check(job.adapters)
             params = job.request.sampling
             job.stop = StopMatcher(params.stop)
             job.sampler = Sampler(self.rt.lib, self.rt.vocab, params, job.grammar, n_vocab=self.rt.n_vocab,
@@ -135,8 +88,11 @@ class Scheduler:
             self.done(job)
             self.emit(job, _preparation_error(exc))
             return True
-        slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt), -s.last_used))
-        reuse = min(common_prefix(slot.tokens, job.prompt), len(job.prompt) - 1)
+        def cached(s: Slot) -> int:  # cells computed under other adapters are no prefix of this job's
+            return common_prefix(s.tokens, job.prompt) if s.tag == job.adapters else 0
+
+        slot = max(free, key=lambda s: (cached(s), -s.last_used))
+        reuse = min(cached(slot), len(job.prompt) - 1)
         rt = self.rt
         if reuse > 0 and rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > max(0, reuse - rt.n_swa):
             reuse = 0  # the sliding window already dropped cells this continuation would attend to
@@ -144,6 +100,7 @@ class Scheduler:
             reuse = 0
             rt.seq_rm(slot.seq, 0)
         del slot.tokens[reuse:]
+        slot.tag = job.adapters
         job.n_past = reuse
         job.order = next(self._clock)
         last_n = job.request.sampling.penalty_last_n
@@ -166,7 +123,7 @@ class Scheduler:
         later = job.n_past  # the longest one another slot's prompt is still evaluating
         awaited: tuple[Slot, Job, int] | None = None
         for other in self.slots:
-            if other is slot:
+            if other is slot or other.tag != slot.tag:
                 continue
             n = min(common_prefix(other.tokens, job.prompt), limit)
             if n > now:
@@ -185,6 +142,8 @@ class Scheduler:
         """Make the first n cells of `donor` this slot's prefix; False if they could not be copied."""
         job = slot.job
         assert job is not None
+        if donor.tag != slot.tag:
+            return False  # e.g. an awaited donor slot since reused under other adapters: its cells are not ours
         rt = self.rt
         result = rt.copy_prefix(donor.seq, slot.seq, n)
         if result is Copy.UNTOUCHED:
@@ -228,8 +187,17 @@ class Scheduler:
         for slot in self.slots:
             if slot.job is not None and slot.job.wait_for is not None:
                 self._resolve_wait(slot, slot.job)
-        generating = [s for s in self.slots if s.job is not None and s.job.generating]
-        prompting = sorted((s for s in self.slots if s.job is not None and not s.job.generating),
+        busy = [s for s in self.slots if s.job is not None]
+        if self._grouped:
+            # llama.cpp applies adapters per context, so one decode serves one adapter set: this step's is the
+            # next one in turn among those with work (see GroupTurns), set on the context only when it changes.
+            turn = self._turns.pick(s.tag for s in busy if has_work(s))
+            if turn is None:
+                return
+            busy = [s for s in busy if s.tag == turn]
+            rt.adapters.apply(turn)
+        generating = [s for s in busy if s.job is not None and s.job.generating]
+        prompting = sorted((s for s in busy if s.job is not None and not s.job.generating),
                            key=lambda s: s.job.order if s.job else 0)
         budget = rt.n_batch - len(generating)
         at = 0

@@ -56,6 +56,9 @@ class GenerationRequest:
     tools: ToolUse | None = None
     # Choices generated from one evaluation of the prompt; choice i samples with seed + i.
     n: int = 1
+    # LoRA adapters to apply: (index in the configured `adapters` list, scale) pairs, as llama-server's `lora`
+    # field; empty: the model alone. The server resolves names and default scales (server.lora_api).
+    adapters: tuple[tuple[int, float], ...] = ()
 
 
 class FinishReason(str, enum.Enum):

@@ -8,18 +8,19 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from ..engine.types import ChatMessage, Engine, GenerationRequest, SamplingParams
+from ..engine.types import ChatMessage, Chunk, Engine, GenerationRequest, SamplingParams
 from ..errors import ClawdError, UsageError
 from ..threads import ThreadFeed
 from .audio import TimedPlayer, TimedSource
 from .history import Conversation
 from .options import KioskOptions
 from .screen import Screen, frame_url
+from .speculate import PrimedTTS, Speculator
 from .turnlog import TurnLog, TurnRecord
 
 if TYPE_CHECKING:
@@ -81,11 +82,14 @@ class Kiosk:
         self.turns = 0
         self.speaker: Speaker | None = None
         self._player: TimedPlayer | None = None
+        self._tts: PrimedTTS | None = None
         if voice is not None and options.speak:
             from ..voice.speaker import Speaker
 
             self._player = TimedPlayer(voice.options.output)
-            self.speaker = Speaker(voice.tts(), self._player)
+            self._tts = PrimedTTS(voice.tts())
+            self.speaker = Speaker(self._tts, self._player)
+        self._speculator = Speculator(lambda messages: self.engine.generate(self._request(messages)), self._tts)
         self._inputs: asyncio.Queue[KioskInput | BaseException | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: asyncio.Task[TurnRecord] | None = None
@@ -126,7 +130,8 @@ class Kiosk:
 
         def heard(cancel: threading.Event) -> Iterator[KioskInput]:
             for text in voice.listen(source, on_speech=self._heard_speech, cancel=cancel,  # type: ignore[arg-type]
-                                     on_partial=self._heard_partial if self.screen is not None else None):
+                                     on_partial=self._heard_partial if self.screen is not None else None,
+                                     on_tentative=self._heard_tentative if self.options.speculate else None):
                 marks = {"transcript": time.time()}
                 end = source.last_voiced()
                 if end is not None:
@@ -142,13 +147,28 @@ class Kiosk:
         self._feeds.append(feed)
 
     def _heard_speech(self) -> None:
-        """Audio thread: someone started talking. Barge-in: stop the reply and drop the rest of the turn."""
-        self._speech_start = time.time()
+        """Audio thread: someone started talking (or went on after a pause). Barge-in: stop the reply and drop
+        the rest of the turn; an answer started at the pause is stale."""
+        if self._speech_start is None:
+            self._speech_start = time.time()
         loop = self._loop
         if loop is None:
             return
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._barge_in)
+
+    def _heard_tentative(self, text: str) -> None:
+        """Audio thread: the visitor paused; `text` is probably what they said. The answer starts now."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._speculate, text)
+
+    def _speculate(self, text: str) -> None:
+        busy = self._current is not None and not self._current.done()
+        if busy or self._wants_read(KioskInput(text, "voice"))[0]:
+            return  # a camera turn is not started ahead: the frame must be the one at the final transcript
+        self._speculator.start(self.history.messages(text))
 
     def _heard_partial(self, text: str) -> None:
         """Audio thread: the recogniser's hypothesis changed; the screen shows it while the visitor speaks."""
@@ -187,6 +207,7 @@ class Kiosk:
             self._set_state(State.IDLE)
 
     def _barge_in(self) -> None:
+        self._speculator.drop()
         barge = self.voice is not None and self.voice.options.barge_in
         current = self._current
         if barge and current is not None and not current.done():
@@ -223,6 +244,7 @@ class Kiosk:
 
     async def close(self) -> None:
         """Stop listening and speaking. A listener thread that would not stop is logged and kept in `_feeds`."""
+        await self._speculator.close()
         if self.speaker is not None:
             self.speaker.stop()
         stopped = await asyncio.gather(*(feed.close() for feed in self._feeds))
@@ -297,12 +319,15 @@ class Kiosk:
         image = await asyncio.to_thread(frame_url, frame)
         screen.frame(image, int(width), int(height), [word.to_dict() for word in result.words], result.text)
 
+    def _request(self, messages: tuple[ChatMessage, ...]) -> GenerationRequest:
+        sampling = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature,
+                                  seed=self.options.seed)
+        return GenerationRequest(sampling=sampling, messages=messages)
+
     async def _answer(self, record: TurnRecord, prompt: str) -> None:
         record.prompt = prompt
         messages = self.history.messages(prompt)
-        sampling = SamplingParams(max_tokens=self.options.max_tokens, temperature=self.options.temperature,
-                                  seed=self.options.seed)
-        deltas = self._deltas(record, GenerationRequest(sampling=sampling, messages=messages), messages)
+        deltas = self._deltas(record, messages)
         try:
             if self.speaker is not None and self._player is not None:
                 def first_audio() -> None:
@@ -321,10 +346,18 @@ class Kiosk:
         if not record.interrupted:
             self.history.add(prompt, record.answer)
 
-    async def _deltas(self, record: TurnRecord, request: GenerationRequest,
-                      messages: tuple[ChatMessage, ...]) -> AsyncGenerator[str, None]:
+    async def _stream(self, record: TurnRecord, messages: tuple[ChatMessage, ...]) -> AsyncIterator[Chunk]:
+        """The answer started at the pause if it was for these very messages, else a new one."""
+        speculation, record.speculation = await self._speculator.claim(messages)
+        if speculation is not None:
+            record.mark("speculation", speculation.started)
+            record.mark("request")
+            return speculation.take()
         record.mark("request")
-        stream = self.engine.generate(request)
+        return self.engine.generate(self._request(messages))
+
+    async def _deltas(self, record: TurnRecord, messages: tuple[ChatMessage, ...]) -> AsyncGenerator[str, None]:
+        stream = await self._stream(record, messages)
         try:
             async for chunk in stream:
                 if chunk.text:

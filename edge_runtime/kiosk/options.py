@@ -30,6 +30,9 @@ class KioskOptions:
     camera: str | None = None  # None: modules.ocr.camera
     log: str | None = None
     speak: bool = True
+    # Start the answer at a short pause (modules.voice.tentative_window) on what was heard so far, and keep it
+    # when the final transcript agrees: the reply is ready when the utterance is over.
+    speculate: bool = True
     vad_threshold: int = 400  # RMS (16-bit) above which a 100 ms chunk counts as speech
     realtime_input: bool = False  # pace file input like a live microphone (benchmarks)
     # /kiosk (page, event stream, buttons) without the API key, for browsers on this machine only (the board's
@@ -50,7 +53,7 @@ def _triggers(key: str, value: object) -> tuple[str, ...]:
 _CHECKS: Mapping[str, Check] = {
     "enabled": flag, "system_prompt": text, "max_tokens": integer(1, 4096), "temperature": number(0.0, 2.0),
     "seed": integer(0, 2**32 - 1), "history_turns": integer(0, 100), "context_tokens": integer(64, 1 << 20),
-    "read_triggers": _triggers, "read_prompt": text, "camera": text, "log": text, "speak": flag,
+    "read_triggers": _triggers, "read_prompt": text, "camera": text, "log": text, "speak": flag, "speculate": flag,
     "vad_threshold": integer(1, 32767), "realtime_input": flag, "screen_public": flag,
 }
 

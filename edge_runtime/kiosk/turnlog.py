@@ -11,8 +11,9 @@ from typing import Any, TextIO
 from ..errors import ConfigError
 
 # The stages in the order they happen; a turn records those that apply to it (typed text has no speech).
-STAGES = ("speech_start", "end_of_speech", "transcript", "input", "ocr_start", "ocr_done", "request", "first_token",
-          "first_audio", "generated", "done")
+# "speculation": the answer was started at a pause, before the final transcript (and taken over at "request").
+STAGES = ("speech_start", "end_of_speech", "speculation", "transcript", "input", "ocr_start", "ocr_done", "request",
+          "first_token", "first_audio", "generated", "done")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class TurnRecord:
     answer: str = ""
     interrupted: bool = False
     error: str | None = None
+    speculation: str | None = None  # the answer started at a pause: "taken" by this turn, or "dropped"
     usage: dict[str, int] = field(default_factory=dict)
     states: list[tuple[str, float]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)  # stage -> time.time()
@@ -55,6 +57,7 @@ class TurnRecord:
         return {
             "turn": self.turn, "source": self.source, "user": self.user, "ocr_text": self.ocr_text,
             "answer": self.answer, "interrupted": self.interrupted, "error": self.error, "usage": self.usage,
+            "speculation": self.speculation,
             "t": {stage: round(self.marks[stage], 4) for stage in STAGES if stage in self.marks},
             "since_start": {stage: round(self.marks[stage] - first, 4) for stage in STAGES if stage in self.marks},
             "latency": {k: v for k, v in latencies.items() if v is not None},

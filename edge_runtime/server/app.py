@@ -18,6 +18,7 @@ from edge_runtime.modules import Module, stop_modules
 from .context import AppContext
 from .embeddings_api import embeddings_router
 from .errors import install_handlers
+from .lora_api import AdapterTable, lora_router
 from .metrics import ServerMetrics, build_labels
 from .middleware import AccessLog, ApiKeyAuth, BodyLimit
 from .ollama_api import ollama_router
@@ -75,12 +76,14 @@ def create_app(settings: Settings, engine: Engine, modules: Sequence[Module] = (
     build = build_labels(engine.status().model, served.path if served is not None else None, quant)
     metrics = ServerMetrics(engine.status, kiosk.snapshot if kiosk is not None else None, build=build,
                             memory_budget=memory_budget, layers=layers)
-    ctx = AppContext(settings=settings, engine=engine, metrics=metrics, served=served)
+    ctx = AppContext(settings=settings, engine=engine, metrics=metrics, served=served,
+                     adapters=AdapterTable(settings.adapters))
     app = FastAPI(title="clawd-edge", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=_lifespan(tuple(modules), kiosk))
     app.state.clawd = ctx
     install_handlers(app)
     app.include_router(openai_router(ctx))
+    app.include_router(lora_router(ctx))
     app.include_router(embeddings_router(ctx, embeddings))
     app.include_router(ollama_router(ctx, embeddings))
     module_routers = [router for module in modules for router in module.routers()]

@@ -11,6 +11,7 @@ from edge_runtime.config import Settings
 from edge_runtime.engine.types import Engine
 from edge_runtime.errors import ClawdError, RegistryError
 
+from .lora_api import SEPARATOR, AdapterTable
 from .metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ class AppContext:
     started: int = field(default_factory=lambda: int(time.time()))
     # The served model's file and registry entry (None in apps built without one, e.g. over a fake engine).
     served: ResolvedModel | None = None
+    # The configured LoRA adapters and their default scales (create_app builds it from settings.adapters).
+    adapters: AdapterTable = field(default_factory=AdapterTable)
 
     @property
     def model_id(self) -> str:
@@ -80,6 +83,10 @@ class AppContext:
             "id": served, "object": "model", "created": self.started, "owned_by": "clawd-edge",
             "loaded": True, "state": status.state.value,
         }]
+        # Each adapter as a model of its own, so a plain OpenAI client can pick it by name.
+        data.extend({"id": served + SEPARATOR + spec.name, "object": "model", "created": self.started,
+                     "owned_by": "clawd-edge", "loaded": True, "state": status.state.value, "parent": served,
+                     "adapter": spec.name} for spec in self.adapters.specs)
         for entry, path in self._registry_entries():
             if entry.name == served:
                 data[0]["aliases"] = list(entry.aliases)

@@ -181,15 +181,16 @@ def ollama_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None) -> 
     async def run(request: Request, body: ChatRequest | GenerateRequest, chat: bool) -> Response:
         """Resolve the model, apply keep_alive, translate the body, then generate (or load / unload)."""
         record = record_of(request.scope)
-        model = resolve(ctx, served(), body.model)
+        selection = ctx.adapters.select(body.model, None)  # `name+adapter` picks a LoRA adapter, as on /v1
+        model = resolve(ctx, served(), selection.base or served().name) + selection.suffix
         record.model = model
         keep_alive = keep_alive_seconds(body.keep_alive, ctx.settings.keep_alive)
         empty = not body.messages if isinstance(body, ChatRequest) else not body.prompt and not body.raw
         if empty:
             return JSONResponse(await load_or_unload(model, keep_alive, chat))
         bounds = limits()
-        generation = chat_request(body, model, bounds) if isinstance(body, ChatRequest) \
-            else generate_request(body, model, bounds)
+        generation = selection.apply(chat_request(body, model, bounds) if isinstance(body, ChatRequest)
+                                     else generate_request(body, model, bounds))
         headers = dict(NDJSON_HEADERS) if body.stream else {}
         if bounds.clamped:
             log.warning("request to %s: clamped %s to what this server holds", request.url.path,
@@ -238,8 +239,11 @@ def ollama_router(ctx: AppContext, embeddings: EmbeddingEngine | str | None) -> 
     def show(body: ModelRequest) -> dict[str, Any]:
         """Details, GGUF metadata (`model_info`), chat template and sampling defaults of the served model."""
         model = served()
-        resolve(ctx, model, body.wanted())
-        return model.show(slot_context(ctx), SamplingParams(), ["completion", "tools"])
+        selection = ctx.adapters.select(body.wanted(), None)
+        resolve(ctx, model, selection.base or model.name)
+        shown = model.show(slot_context(ctx), SamplingParams(), ["completion", "tools"])
+        shown["modelfile"] += ctx.adapters.modelfile_lines()  # Ollama's ADAPTER lines
+        return shown
 
     @router.post("/chat", response_model=None)
     async def chat(request: Request, body: ChatRequest) -> Response:

@@ -13,7 +13,7 @@ from .context import AppContext
 from .errors import ApiError, HttpError
 from .generation import CLIENT_CLOSED, ClientGone, ClosingStreamingResponse, Generation, Shape
 from .middleware import record_of
-from .schemas import ChatCompletionRequest, CompletionRequest, chat_request, completion_request
+from .schemas import ChatCompletionRequest, CompletionRequest, LoraEntry, chat_request, completion_request
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -43,11 +43,13 @@ def openai_router(ctx: AppContext) -> APIRouter:
         503: {"description": "Server busy; retry after Retry-After seconds"},
     }
 
-    async def run(request: Request, model: str | None, stream: bool, include_usage: bool,
-                  generation_request: GenerationRequest, chat: bool) -> Response:
+    async def run(request: Request, model: str | None, lora: list[LoraEntry] | None, stream: bool,
+                  include_usage: bool, generation_request: GenerationRequest, chat: bool) -> Response:
         record = record_of(request.scope)
         record.stream = stream
-        served = ctx.resolve(model)
+        selection = ctx.adapters.select(model, lora)
+        served = ctx.resolve(selection.base) + selection.suffix
+        generation_request = selection.apply(generation_request)
         record.model = served
         shape = Shape(chat, served, include_usage, n=generation_request.n,
                       logprobs=generation_request.sampling.logprobs is not None)
@@ -65,14 +67,14 @@ def openai_router(ctx: AppContext) -> APIRouter:
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         """Chat completion (OpenAI shape); `stream: true` answers with server-sent events."""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await run(request, body.model, body.stream, include_usage, chat_request(body, ctx.settings),
-                         chat=True)
+        return await run(request, body.model, body.lora, body.stream, include_usage,
+                         chat_request(body, ctx.settings), chat=True)
 
     @router.post("/completions", response_model=None, responses=error_responses, operation_id="completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
         """Text completion of a raw prompt (no chat template)."""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await run(request, body.model, body.stream, include_usage,
+        return await run(request, body.model, body.lora, body.stream, include_usage,
                          completion_request(body, ctx.settings), chat=False)
 
     @router.get("/models", operation_id="list_models", responses={200: _links("#/data/0/id")})

@@ -36,6 +36,15 @@ class ResponseFormat(_Strict):
     json_schema: JsonSchemaFormat | None = None
 
 
+class LoraEntry(_Strict):
+    """llama-server's per-request adapter choice: `id` (its index in GET /lora-adapters) or `name`, and a scale
+    (default: the adapter's default scale)."""
+
+    id: Annotated[int, Field(ge=0)] | None = None
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    scale: float | None = None
+
+
 class _Sampling(_Strict):
     """Fields shared by chat and text completions (plus llama.cpp's top_k, min_p, repeat_penalty, grammar)."""
 
@@ -57,6 +66,7 @@ class _Sampling(_Strict):
     grammar: NonEmpty | None = None
     logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=300)] | None = None
     user: str | None = None
+    lora: Annotated[list[LoraEntry], Field(max_length=64)] | None = None
 
 
 class TextPart(_Strict):

@@ -48,6 +48,10 @@ class GatedRecognizer:
         with self._limiter.turn(self._cancel):
             return self._inner.finish()
 
+    def finalize(self) -> Transcript | None:
+        with self._limiter.turn(self._cancel):
+            return self._inner.finalize()
+
     def close(self) -> None:
         self._inner.close()
 

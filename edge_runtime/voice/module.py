@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..config import Settings
@@ -16,9 +17,11 @@ from .options import PREFIX, VoiceOptions, parse_options
 from .player import Player
 from .sources import AudioSource, open_source
 from .speaker import Speaker
-from .stt import SpeechToText, WakeGate, finals, load_grammar
+from .stt import Recognizer, SpeechToText, WakeGate, finals, load_grammar
 from .stt_models import SttModel, create_engine, default_stt_model, identify, resolve_stt_model
 from .tts import PIPER, TTS, EspeakTTS, PiperTTS, create_tts
+from .vad import SileroVad, VadRecognizer, VadSettings, resolve_vad_model
+from .wakeword import WakeWordDetector, WakeWordRecognizer
 
 log = logging.getLogger(__name__)
 _CANCEL_TIMEOUT = 2.0  # a cancelled transcription stops within one chunk (tens of ms); this bounds a stuck one
@@ -36,6 +39,7 @@ class VoiceModule:
         self.settings = settings
         self._engines: dict[str, SpeechToText] = {"": stt} if stt is not None else {}
         self._tts: TTS | None = tts
+        self._vad_model: Path | None = None
         self._other_tts: dict[str, TTS] = {}  # engines other than the configured one, built on first request
         self._speaker: Speaker | None = None
         self._sources: set[AudioSource] = set()
@@ -75,6 +79,36 @@ class VoiceModule:
     def grammar(self) -> tuple[str, ...] | None:
         return load_grammar(self.options.grammar, where=PREFIX + "grammar")
 
+    def vad_model(self) -> Path | None:
+        """The Silero model file when `vad: silero` (resolved once; pulled if missing), else None."""
+        if self.options.vad != "silero":
+            return None
+        with self._lock:
+            if self._vad_model is not None:
+                return self._vad_model
+        path = resolve_vad_model(self.settings)
+        with self._lock:
+            self._vad_model = path
+        return path
+
+    def live_recognizer(self, grammar: Sequence[str] | None = None) -> Recognizer:
+        """A recogniser for a live stream: behind the Silero VAD endpointer unless `vad: recognizer`."""
+        engine = self.stt()
+        model = self.vad_model()
+        recognizer: Recognizer
+        restart = None
+        if model is None:
+            recognizer = engine.recognizer(grammar)
+        else:
+            settings = VadSettings(threshold=self.options.vad_threshold, silence=self.options.endpoint_window,
+                                   tentative=self.options.tentative_window)
+            vad = VadRecognizer(engine.recognizer(grammar, endpointing=False), SileroVad(model), settings)
+            recognizer, restart = vad, vad.restart
+        if self.options.wake_word is None:
+            return recognizer
+        return WakeWordRecognizer(recognizer, WakeWordDetector(self.options.wake_word), restart=restart,
+                                  on_wake=lambda: log.info("wake word heard: listening"))
+
     def wake_gate(self) -> WakeGate | None:
         return WakeGate(self.options.wake_phrase) if self.options.wake_phrase else None
 
@@ -88,18 +122,20 @@ class VoiceModule:
 
     def listen(self, source: AudioSource | None = None, *, grammar: Sequence[str] | None = None,
                on_speech: Callable[[], None] | None = None, cancel: threading.Event | None = None,
-               on_partial: Callable[[str], None] | None = None) -> Iterator[str]:
+               on_partial: Callable[[str], None] | None = None,
+               on_tentative: Callable[[str], None] | None = None) -> Iterator[str]:
         """Final transcripts from `source` (default: the configured input), blocking, wake-gated; `on_partial`
-        (the kiosk screen) sees the recogniser's hypotheses while someone speaks, in this thread.
+        (the kiosk screen) sees the recogniser's hypotheses while someone speaks, `on_tentative` the hypothesis
+        at a short pause (the kiosk starts its answer on it), both in this thread.
 
         Once `cancel` is set, recognition stops at its next chunk (AudioError) instead of waiting for a turn of
         the limiter behind uploads or decoding the rest of the utterance.
         """
         source = source or self.open_source()
-        recognizer = self.stt().recognizer(grammar if grammar is not None else self.grammar())
+        recognizer = self.live_recognizer(grammar if grammar is not None else self.grammar())
         try:
             yield from finals(source.chunks(), self.limiter.gated(recognizer, cancel), wake=self.wake_gate(),
-                              on_speech=on_speech, on_partial=on_partial)
+                              on_speech=on_speech, on_partial=on_partial, on_tentative=on_tentative)
         finally:
             recognizer.close()
             source.close()
@@ -187,6 +223,7 @@ class VoiceModule:
         if self.options.preload:
             engine = await asyncio.to_thread(self.stt)
             await asyncio.to_thread(engine.load)
+            await asyncio.to_thread(self.vad_model)
 
     def halt(self) -> None:
         """The daemon's shutdown bound is near: running transcriptions end now, with a 503 their clients can retry
@@ -217,6 +254,11 @@ def _check_dependencies(options: VoiceOptions, engine: str | None, uses: frozens
         needed.append(engine)
         if MIC in uses and (options.input == "mic" or options.input.startswith("mic:")):
             needed.append("sounddevice")
+        if MIC in uses and options.vad == "silero":
+            needed.append("onnxruntime")
+    if STT in uses and MIC in uses and options.wake_word is not None \
+            and importlib.util.find_spec("pymicro_wakeword") is None:
+        raise DependencyMissing("pymicro-wakeword (for modules.voice.wake_word)", extra="wakeword")
     if PLAYBACK in uses:
         needed.append("sounddevice")
     if options.tts == PIPER and (TTS_ONLY in uses or PLAYBACK in uses) and importlib.util.find_spec("piper") is None:

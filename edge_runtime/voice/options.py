@@ -9,6 +9,7 @@ from ..options import Check, bad, choice, flag, integer, number, parse_section, 
 from .sphinx_stt import DEFAULT_ENDPOINT_WINDOW
 from .stt_models import ENGINES
 from .tts import DEFAULT_PITCH, DEFAULT_RATE, TTS_ENGINES
+from .wakeword import BUILTIN_WAKE_WORDS
 
 PREFIX = "modules.voice."
 
@@ -23,14 +24,22 @@ class VoiceOptions:
     stt: str = "auto"
     stt_model: str | None = None
     grammar: tuple[str, ...] | str | None = None
-    wake_phrase: str | None = None
+    wake_phrase: str | None = None  # said first, recognised by the recogniser (any words it knows)
+    # A wake word model (okay_nabu, hey_jarvis, hey_mycroft, alexa, or a microWakeWord JSON config): nothing is
+    # recognised until it is heard. Cheaper and sharper than a wake phrase; not with one.
+    wake_word: str | None = None
     tts: str = "espeak"
     voice: str | None = None
     rate: int = DEFAULT_RATE
     pitch: int = DEFAULT_PITCH
     chunk_ms: int = 100
     queue_size: int = 50
+    # Live input (the kiosk's microphone): utterances end after `endpoint_window` s of silence as the Silero VAD
+    # hears it (`vad: recognizer`: the recogniser's own rule, which ends speech ~0.6 s later; see README).
     endpoint_window: float = DEFAULT_ENDPOINT_WINDOW
+    vad: str = "silero"
+    vad_threshold: float = 0.5  # speech probability above which a 32 ms frame is speech
+    tentative_window: float | None = 0.1  # silence after which the kiosk starts its answer (None: at the final)
     barge_in: bool = True
     preload: bool = True
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -59,6 +68,13 @@ def _input(key: str, value: object) -> str:
     return spec
 
 
+def _wake_word(key: str, value: object) -> str:
+    word = text(key, value)
+    if word not in BUILTIN_WAKE_WORDS and not word.endswith(".json"):
+        raise bad(key, value, f"one of {', '.join(BUILTIN_WAKE_WORDS)} or a microWakeWord .json config")
+    return word
+
+
 def _grammar(key: str, value: object) -> tuple[str, ...] | str:
     if isinstance(value, str):
         return text(key, value)  # a file, one phrase per line; read when the recogniser is built
@@ -75,6 +91,7 @@ _CHECKS: Mapping[str, Check] = {
     "stt_model": text,
     "grammar": _grammar,
     "wake_phrase": text,
+    "wake_word": _wake_word,
     "tts": choice(*TTS_ENGINES),
     "voice": text,
     "rate": integer(40, 500),
@@ -82,15 +99,21 @@ _CHECKS: Mapping[str, Check] = {
     "chunk_ms": integer(10, 1000),
     "queue_size": integer(1, 100000),
     "endpoint_window": number(0.1, 5.0),
+    "vad": choice("silero", "recognizer"),
+    "vad_threshold": number(0.05, 0.95),
+    "tentative_window": number(0.03, 5.0),
     "barge_in": flag,
     "preload": flag,
     "max_upload_bytes": size(),
     "max_audio_seconds": number(1.0, 3600.0),
     "max_concurrent_transcriptions": integer(1, 16),
 }
-_NULLABLE = frozenset({"output", "stt_model", "grammar", "wake_phrase", "voice"})
+_NULLABLE = frozenset({"output", "stt_model", "grammar", "wake_phrase", "wake_word", "voice", "tentative_window"})
 
 
 def parse_options(options: Mapping[str, Any]) -> VoiceOptions:
     """Validate `modules.voice` (minus `enabled`); unknown keys are errors, never ignored."""
-    return parse_section(VoiceOptions, PREFIX, options, _CHECKS, _NULLABLE)
+    parsed = parse_section(VoiceOptions, PREFIX, options, _CHECKS, _NULLABLE)
+    if parsed.wake_word is not None and parsed.wake_phrase is not None:
+        raise bad(PREFIX + "wake_word", parsed.wake_word, "not both a wake word and a wake_phrase")
+    return parsed

@@ -16,10 +16,15 @@ CHUNK_BYTES = SAMPLE_RATE * SAMPLE_WIDTH // 10  # 100 ms
 
 @dataclass(frozen=True)
 class Transcript:
-    """A recogniser result: a partial hypothesis while someone speaks, a final one at the endpoint."""
+    """A recogniser result: a partial hypothesis while someone speaks, a final one at the endpoint.
+
+    A tentative one is the hypothesis at a short pause (a VAD endpointer's): probably the final text, so work
+    on it may start; the final or a new partial (speech resumed) follows.
+    """
 
     text: str
     final: bool
+    tentative: bool = False
 
 
 class Recognizer(Protocol):
@@ -35,6 +40,10 @@ class Recognizer(Protocol):
         """The audio ended: the final result of a pending utterance (None if nothing was said)."""
         ...
 
+    def finalize(self) -> Transcript | None:
+        """An endpointer outside says the utterance ended: its final now; the stream goes on (next utterance)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -44,7 +53,10 @@ class SpeechToText(Protocol):
     name: str
     language: str | None
 
-    def recognizer(self, grammar: Sequence[str] | None = None) -> Recognizer: ...
+    def recognizer(self, grammar: Sequence[str] | None = None, *, endpointing: bool = True) -> Recognizer:
+        """`endpointing=False`: the caller ends utterances with finalize() (a VAD); the engine decodes all audio
+        it is given as speech."""
+        ...
 
     def load(self) -> None:
         """Load the model now (it is otherwise loaded by the first recognizer())."""
@@ -87,6 +99,15 @@ class WakeGate:
         self.clock = clock
         self._awake_until: float | None = None
 
+    def peek(self, text: str) -> str | None:
+        """What __call__ would let through for `text`, without changing the gate (for tentative transcripts)."""
+        words = normalize(text)
+        if self._awake_until is not None and self.clock() <= self._awake_until:
+            return text
+        index = f" {words} ".find(f" {self.phrase} ")
+        rest = words[index + len(self.phrase):].strip() if index >= 0 else ""
+        return rest or None
+
     def __call__(self, text: str) -> str | None:
         words = normalize(text)
         now = self.clock()
@@ -106,18 +127,19 @@ class WakeGate:
 
 def recognize(chunks: Iterable[bytes], recognizer: Recognizer,
               on_speech: Callable[[], None] | None = None) -> Iterator[Transcript]:
-    """Partials and finals for a chunk stream; `on_speech` fires at each utterance's first partial (barge-in)."""
+    """Partials and finals for a chunk stream; `on_speech` fires at each utterance's first partial (barge-in), and
+    again when speech goes on after a tentative pause."""
     speaking = False
     for chunk in chunks:
         result = recognizer.accept(chunk)
         if result is None:
             continue
-        if not result.final and not speaking:
+        if not result.final and not result.tentative and not speaking:
             speaking = True
             if on_speech is not None:
                 on_speech()
-        if result.final:
-            speaking = False
+        if result.final or result.tentative:
+            speaking = False  # after a pause, speech that goes on is news too (what was started on it is stale)
         yield result
     last = recognizer.finish()
     if last is not None:
@@ -125,10 +147,16 @@ def recognize(chunks: Iterable[bytes], recognizer: Recognizer,
 
 
 def finals(chunks: Iterable[bytes], recognizer: Recognizer, *, wake: WakeGate | None = None,
-           on_speech: Callable[[], None] | None = None,
-           on_partial: Callable[[str], None] | None = None) -> Iterator[str]:
-    """Non-empty final transcripts (after the wake gate, if any); `on_partial` sees each changed hypothesis."""
+           on_speech: Callable[[], None] | None = None, on_partial: Callable[[str], None] | None = None,
+           on_tentative: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Non-empty final transcripts (after the wake gate, if any); `on_partial` sees each changed hypothesis,
+    `on_tentative` each tentative one (wake-gated without moving the gate)."""
     for result in recognize(chunks, recognizer, on_speech):
+        if result.tentative:
+            text = wake.peek(result.text) if wake is not None else result.text
+            if on_tentative is not None and text and text.strip():
+                on_tentative(text)
+            continue
         if not result.final and on_partial is not None and result.text.strip():
             on_partial(result.text)
         if not result.final or not result.text.strip():

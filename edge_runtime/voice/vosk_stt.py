@@ -70,6 +70,9 @@ class VoskRecognizer:
         self._partial = ""
         return Transcript(text, final=True) if text else None
 
+    def finalize(self) -> Transcript | None:
+        return self.finish()  # FinalResult() also resets the recogniser for the next utterance
+
     def close(self) -> None:
         self._rec = None
 
@@ -137,7 +140,9 @@ class VoskEngine:
                     missing.append(word)
         return missing
 
-    def recognizer(self, grammar: Sequence[str] | None = None) -> VoskRecognizer:
+    def recognizer(self, grammar: Sequence[str] | None = None, *, endpointing: bool = True) -> VoskRecognizer:
+        # Kaldi's endpoint rules stay on under a VAD: they only end an utterance after a longer pause than the
+        # VAD's window, so the VAD's finalize() comes first.
         self.load()
         vosk = optional_import("vosk")
         if grammar is None:

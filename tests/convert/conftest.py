@@ -53,3 +53,22 @@ def run_logits() -> Callable[[Path, list[int]], np.ndarray]:
 def golden() -> Callable[[str], tuple[list[int], np.ndarray]]:
     """(tokens, logits) that transformers produced for a fixture (see scripts/make_convert_fixtures.py)."""
     return _golden
+
+
+def _run_logits_with_lora(gguf_path: Path, tokens: list[int], lora_path: Path, scale: float = 1.0) -> np.ndarray:
+    """Like _run_logits, with a GGUF LoRA applied (llama_adapter_lora_init + llama_set_adapters_lora)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=64, n_batch=64, n_ubatch=64, logits_all=True, verbose=False,
+                          n_threads=2, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+                          flash_attn=False, lora_path=str(lora_path), lora_scale=scale)
+    try:
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+@pytest.fixture()
+def run_logits_with_lora() -> Callable[[Path, list[int], Path, float], np.ndarray]:
+    return _run_logits_with_lora

@@ -45,14 +45,16 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None
 
 
 @pytest.fixture
-def make_engine(smollm2_path: Path) -> Iterator[Callable[..., LlamaEngine]]:
-    """Build engines on SmolLM2 with 2 threads and small contexts; every one is closed after the test."""
+def make_engine(smollm2_path: Path, tmp_path: Path) -> Iterator[Callable[..., LlamaEngine]]:
+    """Build engines on SmolLM2 with 2 threads and small contexts; every one is closed after the test.
+
+    models_dir is the test's own, so the slot cache (models_dir/.slot-cache) never brings another test's cells."""
     engines: list[LlamaEngine] = []
 
     def factory(model: Path | None = None, *, preload: bool = True, flash_attn: str = "auto",
                 stream_interval: float = 0.05, **overrides: Any) -> LlamaEngine:
         values: dict[str, Any] = {"threads": 2, "parallel": 2, "max_sequence_length": 512, "batch_size": 256,
-                                  "keep_alive": float("inf"), **overrides}
+                                  "keep_alive": float("inf"), "models_dir": tmp_path / "models", **overrides}
         engine = create_engine(Settings(**values), model or smollm2_path, preload=preload, flash_attn=flash_attn,
                                stream_interval=stream_interval)
         engines.append(engine)

@@ -7,17 +7,23 @@ and an MJPG video file opened by OpenCV in place of /dev/video0.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edge_runtime.config import Settings
+from edge_runtime.kiosk.loop import Kiosk
+from edge_runtime.kiosk.options import KioskOptions
+from edge_runtime.kiosk.turnlog import TurnLog
+from edge_runtime.voice.module import create as create_voice
 
 REPO = Path(__file__).resolve().parents[2]
 ASOUNDRC_EXAMPLE = REPO / "tests" / "asoundrc.template"
@@ -93,3 +99,25 @@ def engine(kiosk_settings: Settings, smollm2_path: Path) -> Iterator[object]:
 def speech_rms(pcm: np.ndarray) -> float:
     samples = pcm.astype(np.float64)
     return float(np.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+
+
+def run_voice_turn(settings: Settings, engine: Any, voice_options: dict[str, Any], log: Path,
+                   options: KioskOptions | None = None) -> dict[str, Any]:
+    """One spoken turn (from the virtual mic unless voice_options names an input); its turn-log record."""
+    voice = create_voice({"input": "mic:fakein", "queue_size": 600, **voice_options}, settings)
+    turn_log = TurnLog(str(log))
+    kiosk = Kiosk(settings, engine, voice, None, options or KioskOptions(realtime_input=True), log_to=turn_log)
+
+    async def run() -> None:
+        await voice.start()
+        kiosk.listen()
+        await asyncio.wait_for(kiosk.run(max_turns=1), timeout=180)
+        await voice.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        turn_log.close()
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1
+    return dict(json.loads(lines[0]))

@@ -223,8 +223,8 @@ class OverlapCounter:
     def load(self) -> None:
         self.engine.load()
 
-    def recognizer(self, grammar: Any = None) -> Recognizer:
-        counter, inner = self, self.engine.recognizer(grammar)
+    def recognizer(self, grammar: Any = None, *, endpointing: bool = True) -> Recognizer:
+        counter, inner = self, self.engine.recognizer(grammar, endpointing=endpointing)
 
         class Counted:
             sample_rate = inner.sample_rate
@@ -246,6 +246,9 @@ class OverlapCounter:
 
             def finish(self) -> Transcript | None:
                 return self._call(inner.finish)
+
+            def finalize(self) -> Transcript | None:
+                return self._call(inner.finalize)
 
             def close(self) -> None:
                 inner.close()
