@@ -101,9 +101,8 @@ class Speculation:
                     if self._error is not None:
                         raise self._error
                     return
-                self._changed.clear()
-                if index == len(self._chunks) and not self._done:
-                    await self._changed.wait()
+                self._changed.clear()  # nothing ran since the checks above (one event loop, no await between)
+                await self._changed.wait()
         finally:
             await self.close()
 

@@ -51,6 +51,9 @@ class AdapterTable:
         return [{"id": i, "name": s.name, "path": str(s.path), "scale": self.scales[i]}
                 for i, s in enumerate(self.specs)]
 
+    def _named(self, name: str | None) -> int | None:
+        return next((i for i, s in enumerate(self.specs) if s.name == name), None)
+
     def _known(self) -> str:
         return ", ".join(s.name for s in self.specs) or "none are configured (config.yaml `adapters:`)"
 
@@ -62,7 +65,7 @@ class AdapterTable:
                 raise InvalidRequest(f"{where}.id: no LoRA adapter with id {entry.id}; adapters: {self._known()}",
                                      param=f"{where}.id")
             return entry.id
-        found = next((i for i, s in enumerate(self.specs) if s.name == entry.name), None)
+        found = self._named(entry.name)
         if found is None:
             raise InvalidRequest(f"{where}.name: no LoRA adapter named {entry.name!r}; adapters: {self._known()}",
                                  param=f"{where}.name")
@@ -83,7 +86,7 @@ class AdapterTable:
         base, suffix = model, ""
         if model is not None and SEPARATOR in model:
             base, _, name = model.rpartition(SEPARATOR)
-            found = next((i for i, s in enumerate(self.specs) if s.name == name), None)
+            found = self._named(name)
             if found is None:
                 raise InvalidRequest(f"model {model[:100]!r}: no LoRA adapter named {name[:64]!r}; adapters: "
                                      f"{self._known()}", param="model")

