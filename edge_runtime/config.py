@@ -20,6 +20,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct-q4_1"
 KV_CACHE_TYPES = ("auto", "f16", "q8_0")
 # auto: the GGUF's own `<arch>.pooling_type` (an embedding model), else a causal LM's last token (README, Embeddings).
 EMBEDDING_POOLINGS = ("auto", "mean", "last")
+SPECULATIVE_MODES = ("auto", "ngram", "draft", "off")
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -125,6 +126,13 @@ class Settings:
     rpc: tuple[str, ...] = ()
     # LoRA adapters loaded with the model; a request picks them by `lora` or by `model: base+name`.
     adapters: tuple[AdapterSpec, ...] = ()
+    # Speculative decoding of greedy requests: guessed tokens are verified in the same decode as the other
+    # slots' work, so the answer is exactly the model's own. ngram: guesses from what the prompt and answer
+    # already hold; draft: from `draft_model` (a registry name or GGUF path with the same vocabulary); auto: draft
+    # when a draft_model is set, else ngram; off.
+    speculative: str = "auto"
+    draft_model: str | None = None
+    draft_max: int = 16  # the most tokens guessed for one slot in one step
     server: ServerSettings = field(default_factory=ServerSettings)
     modules: Mapping[str, ModuleSettings] = field(default_factory=lambda: MappingProxyType({}))
     # The dialogue loop is not a plugin: its options live here and edge_runtime.kiosk validates them.
@@ -200,6 +208,9 @@ _TOP_LEVEL: dict[str, tuple[Any, str]] = {
     "embedding_model": _str(),
     "embedding_ctx": _int(16, 32768),
     "embedding_pooling": _choice(*EMBEDDING_POOLINGS),
+    "speculative": _choice(*SPECULATIVE_MODES),
+    "draft_model": _str(),
+    "draft_max": _int(1, 64),
 }
 _SERVER: dict[str, tuple[Any, str]] = {
     "host": _str(),
@@ -215,7 +226,7 @@ _SERVER: dict[str, tuple[Any, str]] = {
 }
 _SERVER_SECONDS = {"shutdown_timeout", "read_timeout", "keep_alive_timeout"}
 _NULLABLE = {"registry", "slot_cache_dir", "context", "memory_budget", "chat_template", "system_prompt", "api_key",
-             "embedding_model"}
+             "embedding_model", "draft_model"}
 _ALIASES = {"model": "model_path", "ctx": "context", "n_parallel": "parallel"}
 
 
@@ -306,6 +317,8 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Settings:
             values[key] = tuple(v.strip() for v in items)
         elif key == "adapters":
             values[key] = parse_adapters(value, source)
+        elif key == "speculative" and isinstance(value, bool):
+            values[key] = "auto" if value else "off"  # YAML 1.1 reads a bare `off` (and `on`) as a boolean
         elif key == "memory_budget":
             values[key] = None if value is None else parse_size(value, "memory_budget", source)
         elif key in ("models_dir", "registry", "slot_cache_dir"):
@@ -314,6 +327,9 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "config") -> Settings:
         else:
             _check(_TOP_LEVEL, key, value, "", source)
             values[key] = float(value) if key == "keep_alive" else value
+    if values.get("speculative") == "draft" and values.get("draft_model") is None:
+        raise ConfigError("'draft' needs a draft_model (a registry name or GGUF path)", key="speculative",
+                          source=source)
     return Settings(**values)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from edge_runtime.cli import state
+from edge_runtime.config import SPECULATIVE_MODES
 from edge_runtime.engine.ready import wait_ready
 from edge_runtime.errors import ClawdError, MemoryPlanError
 
@@ -152,16 +153,22 @@ async def _run(settings: Settings, notifier: Notifier, kiosk_flag: bool | None, 
 @click.option("--rpc", "rpc", metavar="HOST:PORT,...", default=None,
               help="Put an even share of the model's layers on these `clawd-edge rpc-worker`s (trusted links only); "
                    "'' for none (default: rpc).")
+@click.option("--speculative", type=click.Choice(SPECULATIVE_MODES), default=None,
+              help="Guess tokens and verify them in the same decode: ngram (from the prompt and answer), draft "
+                   "(with --draft-model), auto, off (default: speculative, auto).")
+@click.option("--draft-model", "-md", "draft_model", default=None,
+              help="Registry name or GGUF path of a small model with the same vocabulary that guesses tokens "
+                   "(default: draft_model).")
 @click.pass_context
 def serve(ctx: click.Context, model: str | None, host: str | None, port: int | None, parallel: int | None,
           context: int | None, threads: int | None, api_key: str | None, kiosk: bool | None,
-          wyoming: str | None, rpc: str | None) -> None:
+          wyoming: str | None, rpc: str | None, speculative: str | None, draft_model: str | None) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (/v1/chat/completions, /health, /metrics)."""
     from edge_runtime.sdnotify import Notifier
 
     settings = state(ctx).settings.replace(
-        model_path=model, threads=threads, parallel=parallel, context=context, rpc=rpc,
-        **{"server.host": host, "server.port": port, "server.api_key": api_key},
+        model_path=model, threads=threads, parallel=parallel, context=context, rpc=rpc, speculative=speculative,
+        draft_model=draft_model, **{"server.host": host, "server.port": port, "server.api_key": api_key},
     )
     # A daemon logs its requests by default (journald-friendly); -v still adds uvicorn's own messages.
     runtime_log = logging.getLogger("edge_runtime")

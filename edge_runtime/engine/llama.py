@@ -23,6 +23,7 @@ from .rpc import parse_workers, unreachable
 from .scheduler import Job, Scheduler, Stats
 from .slotstate import SlotCache, open_slot_cache
 from .specials import SpecialText
+from .speculative import SpecSettings
 from .template import load_template
 from .toolstream import ToolStream
 from .types import Chunk, EngineState, EngineStatus, GenerationRequest
@@ -138,7 +139,8 @@ class LlamaEngine:
             prompt_tokens_evaluated_total=s.prompt_tokens_evaluated, cached_prompt_tokens_total=s.cached_prompt_tokens,
             completion_tokens_total=s.completion_tokens, requests_finished_total=s.requests_finished,
             requests_cancelled_total=s.requests_cancelled, loads_total=self._loads,
-            prefix_copies_total=s.prefix_copies, memory_plan=self.plan.describe(), expires_at=self._expires_at(),
+            prefix_copies_total=s.prefix_copies, draft_tokens_total=s.draft_tokens,
+            draft_accepted_total=s.draft_accepted, memory_plan=self.plan.describe(), expires_at=self._expires_at(),
         )
 
     def _expires_at(self) -> float | None:
@@ -297,7 +299,16 @@ class LlamaEngine:
         self._loads += 1
         specials = None if self._settings.parse_special_in_messages else SpecialText(runtime.control_texts())
         prompts = PromptBuilder(runtime, self._template, self._settings.system_prompt, specials)
-        self._sched = Scheduler(runtime, prompts, self._stats, self._outbox.emit, self._done)
+        spec = SpecSettings.from_settings(self._settings, self.plan.draft_path)
+        try:
+            speculator = spec.speculator(runtime, threads=self._settings.threads)
+        except ClawdError as exc:
+            runtime.close()
+            self._state, self._reason = EngineState.FAILED, f"load failed: {exc}"
+            self._fail_queued(functools.partial(fresh, exc))
+            return
+        self._sched = Scheduler(runtime, prompts, self._stats, self._outbox.emit, self._done,
+                                speculator=speculator)
         self._slot_cache = open_slot_cache(self._settings, self.plan, flash_attn=self._flash_attn,
                                            slot_ctx=self._sched.slot_limit)
         self._checkpointed = False
@@ -314,7 +325,7 @@ class LlamaEngine:
         if sched is not None:
             if self._slot_cache is not None:
                 self._slot_cache.save(sched.rt, sched.slots)
-            sched.rt.close()
+            sched.close()
         self._state, self._reason = EngineState.UNLOADED, reason
         log.info("model %s %s", self.name, reason)
 
@@ -370,7 +381,7 @@ class LlamaEngine:
         else:
             sched, self._sched = self._sched, None
             if sched is not None:
-                sched.rt.close()
+                sched.close()
 
 
 def create_engine(settings: Settings, model: ResolvedModel | Path | str, *, preload: bool = True,

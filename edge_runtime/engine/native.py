@@ -228,9 +228,10 @@ class Runtime(Handles):
         cparams.n_batch = plan.n_batch
         cparams.n_ubatch = plan.n_ubatch
         cparams.n_seq_max = plan.n_parallel
-        # One logits row per slot per decode at most: reserving n_batch rows (the default) would cost
-        # n_batch x n_vocab floats of compute buffer (257 MiB for Gemma-3's 262k vocabulary).
-        cparams.n_outputs_max = self.n_outputs_max = plan.n_parallel
+        # One logits row per slot per decode, plus the rows of speculative drafts being verified (the plan's
+        # draft_rows): reserving n_batch rows (the default) would cost n_batch x n_vocab floats of compute buffer
+        # (257 MiB for Gemma-3's 262k vocabulary).
+        cparams.n_outputs_max = self.n_outputs_max = plan.n_parallel + plan.draft_rows
         self._outputs = 0  # logits rows asked for in the batch being built (checked by decode)
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -337,19 +338,22 @@ class Runtime(Handles):
         return Copy.COPIED
 
     # -- batch ----------------------------------------------------------------------------------------------
-    def add(self, at: int, tokens: Sequence[int], start_pos: int, seq: int, *, logits: bool = False) -> int:
+    def add(self, at: int, tokens: Sequence[int], start_pos: int, seq: int, *, logits: bool = False,
+            all_logits: bool = False) -> int:
         """Write `tokens` into the batch at index `at` (positions from start_pos); returns the next free index.
 
-        Only the last token can ask for logits: a slot samples once per decode at most.
+        `logits` asks for the last token's logits row; `all_logits` for every token's (a draft being verified).
         """
         n = len(tokens)
         ctypes.memmove(self._token_addr + 4 * at, (ctypes.c_int32 * n)(*tokens), 4 * n)
         ctypes.memmove(self._pos_addr + 4 * at, (ctypes.c_int32 * n)(*range(start_pos, start_pos + n)), 4 * n)
-        ctypes.memset(self._logits_addr + at, 0, n)
+        ctypes.memset(self._logits_addr + at, 1 if all_logits else 0, n)
         rows = self._seq_rows
         for i in range(at, at + n):
             rows[i][0] = seq
-        if logits:
+        if all_logits:
+            self._outputs += n
+        elif logits:
             self.batch.logits[at + n - 1] = 1
             self._outputs += 1
         self.batch.n_tokens = at + n
@@ -386,8 +390,8 @@ class Runtime(Handles):
         if outputs > self.n_outputs_max:
             # llama.cpp aborts the whole process (GGML_ASSERT) on a batch with more logits rows than the context
             # was made for; its output buffer is allocated once for n_outputs_max rows, which is also why the
-            # greedy graphs may keep row addresses for the context's life. Speculative drafts (several rows per
-            # slot) must raise n_outputs_max first; logprobs and n > 1 read one row per slot, as sampling does.
+            # greedy graphs may keep row addresses for the context's life. The scheduler keeps speculative
+            # drafts within the rows reserved for them (plan.draft_rows).
             return TOO_MANY_OUTPUTS
         return int(self.lib.llama_decode(self.ctx, self.batch))
 

@@ -12,6 +12,7 @@ from ..errors import ConfigError, MemoryPlanError
 from ..gguf_file import GgufInfo, inspect
 from .adapters import check_files
 from .rpc import Split, parse_workers, probe, split_layers
+from .speculative import SpecSettings
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -55,10 +56,16 @@ class MemoryPlan:
     # LoRA adapters loaded with the model (checked against it), and their tensors' bytes (read into RAM).
     adapters: tuple[AdapterSpec, ...] = ()
     adapter_bytes: int = 0
+    # Logits rows beyond one per slot that a decode may ask for: speculative drafts verified in the same step.
+    draft_rows: int = 0
+    # A speculative decoding draft model loaded next to the model, and its weights + KV + compute bytes.
+    draft_path: Path | None = None
+    draft_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.adapter_bytes + self.kv_bytes + self.compute_bytes + self.overhead_bytes
+        return (self.weights_bytes + self.adapter_bytes + self.draft_bytes + self.kv_bytes + self.compute_bytes
+                + self.overhead_bytes)
 
     def describe(self) -> str:
         """One line for `clawd-edge doctor` and the daemon's startup log."""
@@ -67,6 +74,7 @@ class MemoryPlan:
             f"KV {self.kv_type}), {'mmap' if self.use_mmap else 'read into RAM'}, batch {self.n_batch}/"
             f"{self.n_ubatch}; estimated {_mib(self.total_bytes)} = weights {_mib(self.weights_bytes)} + "
             + (f"{len(self.adapters)} LoRA adapter(s) {_mib(self.adapter_bytes)} + " if self.adapters else "")
+            + (f"draft model {_mib(self.draft_bytes)} + " if self.draft_path is not None else "")
             + f"KV {_mib(self.kv_bytes)} + compute {_mib(self.compute_bytes)} + runtime "
             f"{_mib(self.overhead_bytes)}, of budget {_mib(self.budget)} ({self.budget_source})"
         )
@@ -125,6 +133,13 @@ def compute_bytes(info: GgufInfo, n_ubatch: int, n_outputs: int) -> int:
     return activations + logits + 2 * MIB
 
 
+def draft_bytes(info: GgufInfo, kv_type: str, n_parallel: int, slot_ctx: int, n_ubatch: int) -> int:
+    """A draft model's weights (mmapped but all read, every step), its KV for the slots' cells and its compute."""
+    kv = kv_bytes_per_cell(info, kv_type) * n_parallel * slot_ctx + swa_bytes(info, kv_type, n_parallel, slot_ctx,
+                                                                                 n_ubatch)
+    return info.file_size + int(kv) + compute_bytes(info, n_ubatch, n_parallel)
+
+
 def _choose_kv_types(requested: str) -> tuple[str, ...]:
     if requested == "auto":
         return ("f16", "q8_0")
@@ -136,7 +151,7 @@ def _choose_kv_types(requested: str) -> tuple[str, ...]:
 def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_ctx_per_slot: int,
          total_context: int | None = None, kv_cache_type: str = "auto", n_batch: int = 256,
          workers: Sequence[tuple[str, int]] = (), adapters: tuple[AdapterSpec, ...] = (),
-         adapter_bytes: int = 0) -> MemoryPlan:
+         adapter_bytes: int = 0, draft: GgufInfo | None = None, draft_rows: int = 0) -> MemoryPlan:
     """Fit `n_parallel` slots of `n_ctx_per_slot` into `budget`: f16 KV, else q8_0 (auto), else a shorter context.
 
     `total_context` below n_parallel x n_ctx_per_slot is split evenly between the slots. Not one pool shared by
@@ -147,6 +162,8 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
 
     `workers` ((endpoint, free bytes) of llama.cpp RPC workers) take an even share of the layers, with their weights
     and KV cells: the budget then holds only this board's share (rpc.split_layers checks each worker's).
+    A `draft` model (speculative decoding) stays on this board with as many cells as the slots, at the same KV type;
+    `draft_rows` logits rows beyond one per slot hold the drafted tokens a decode verifies.
     """
     if n_parallel < 1 or n_ctx_per_slot < 1 or n_batch < 1:
         raise ConfigError("parallel, max_sequence_length and batch_size must be >= 1")
@@ -172,8 +189,11 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
         rpc_split = split_layers(info.n_layers, info.file_size / info.n_layers, layer_kv, workers)
         share = rpc_split.local_share
         weights = info.file_size - sum(b.weights_bytes for b in rpc_split.workers)
-    compute = compute_bytes(info, n_ubatch, n_parallel)
+    compute = compute_bytes(info, n_ubatch, n_parallel + draft_rows)
     fixed = weights + adapter_bytes + compute + RUNTIME_OVERHEAD
+
+    def drafted(kv_type: str, per_slot: int) -> int:
+        return 0 if draft is None else draft_bytes(draft, kv_type, n_parallel, per_slot, n_ubatch)
 
     def build(kv_type: str, cells: int, per_slot: int) -> MemoryPlan:
         return MemoryPlan(
@@ -184,6 +204,8 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
                                   + swa_bytes(info, kv_type, n_parallel, per_slot, n_ubatch))),
             compute_bytes=compute, overhead_bytes=RUNTIME_OVERHEAD, notes=tuple(notes), split=rpc_split,
             adapters=adapters, adapter_bytes=adapter_bytes,
+            draft_path=None if draft is None else draft.path, draft_bytes=drafted(kv_type, per_slot),
+            draft_rows=draft_rows,
         )
 
     for kv_type in kv_types:
@@ -195,7 +217,13 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     # Keep the slot count, use the most compact KV type, and shrink the context until it fits.
     kv_type = kv_types[-1]
     swa = share * swa_bytes(info, kv_type, n_parallel, slot_ctx, n_ubatch)
-    cells = max(0, int((budget - fixed - swa) // max(share * kv_bytes_per_cell(info, kv_type), 1.0)))
+    # The draft model's cells shrink with the slots' context: its weights and compute are fixed, its KV per cell
+    # adds to the model's (its sliding-window share is taken at the full context, an over-estimate).
+    draft_fixed = drafted(kv_type, 0)
+    draft_cell = 0.0 if draft is None else kv_bytes_per_cell(draft, kv_type)
+    draft_swa = drafted(kv_type, slot_ctx) - draft_fixed - int(draft_cell * n_parallel * slot_ctx)
+    cells = max(0, int((budget - fixed - swa - draft_fixed - draft_swa)
+                       // max(share * kv_bytes_per_cell(info, kv_type) + draft_cell, 1.0)))
     floor = min(MIN_SLOT_CONTEXT, slot_ctx)
     per_slot = min(slot_ctx, cells // n_parallel)
     # llama.cpp pads KV sizes to 256 cells anyway, so a round size wastes nothing.
@@ -208,9 +236,12 @@ def plan(info: GgufInfo, *, budget: int, budget_source: str, n_parallel: int, n_
     raise MemoryPlanError(
         f"{info.path.name} does not fit in the memory budget of {_mib(budget)} ({budget_source}): it needs at "
         f"least {_mib(smallest.total_bytes)} (weights {_mib(weights)} + "
-        + (f"LoRA adapters {_mib(adapter_bytes)} + " if adapter_bytes else "") + f"KV {_mib(smallest.kv_bytes)} for "
+        + (f"LoRA adapters {_mib(adapter_bytes)} + " if adapter_bytes else "")
+        + (f"draft model {_mib(smallest.draft_bytes)} + " if draft is not None else "")
+        + f"KV {_mib(smallest.kv_bytes)} for "
         f"{n_parallel} slot(s) x {floor} ctx {kv_type} + compute {_mib(compute)} + runtime "
-        f"{_mib(RUNTIME_OVERHEAD)}); use a smaller model, fewer slots (parallel) or a larger memory_budget"
+        f"{_mib(RUNTIME_OVERHEAD)}); use a smaller model, fewer slots (parallel)"
+        + (", no draft_model" if draft is not None else "") + " or a larger memory_budget"
     )
 
 
@@ -222,7 +253,14 @@ def plan_for(settings: Settings, model: ResolvedModel | Path | str) -> MemoryPla
     budget, source = sysinfo.memory_budget(settings.memory_budget)
     # Each RPC worker is asked for its memory now (and a dead one named), before anything is loaded.
     workers = [(w.endpoint, probe(w).free_bytes) for w in parse_workers(settings.rpc)]
+    spec = SpecSettings.from_settings(settings)
+    draft = None
+    if spec.mode == "draft" and settings.draft_model is not None:
+        from ..store import resolve_model
+
+        draft = inspect(resolve_model(settings, settings.draft_model).path)
     return plan(info, budget=budget, budget_source=source, n_parallel=settings.parallel,
                 n_ctx_per_slot=settings.max_sequence_length,
                 total_context=settings.context, kv_cache_type=settings.kv_cache_type, n_batch=settings.batch_size,
-                workers=workers, adapters=settings.adapters, adapter_bytes=adapter_bytes)
+                workers=workers, adapters=settings.adapters, adapter_bytes=adapter_bytes, draft=draft,
+                draft_rows=spec.rows(settings.parallel))

@@ -3,33 +3,27 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 
 from ..errors import ClawdError, EngineError, InvalidRequest, fresh
 from .adapters import adapter_key
 from .groups import GroupTurns, has_work
 from .logprobs import LogprobReader
-from .native import Copy, Runtime
+from .native import Runtime
 from .prompt import PromptBuilder
 from .sampling import Sampler
+from .sharing import MIN_SHARED_PREFIX, PrefixSharing, common_prefix
 from .slots import Job, Slot, Stats
+from .speculative import DraftWant, Speculator
 from .text import StopMatcher
 from .types import Chunk, FinishReason, TokenLogprob, Usage
 
-# Job, Slot and Stats live in .slots; they stay importable from here, where the engine has always taken them.
+# Job, Slot and Stats live in .slots, the prefix helpers in .sharing; they stay importable from here.
 __all__ = ["MIN_SHARED_PREFIX", "Job", "Scheduler", "Slot", "Stats", "common_prefix"]
 
 log = logging.getLogger(__name__)
-# A prefix held by another slot is copied (or waited for) only when it saves at least this many prompt tokens.
-MIN_SHARED_PREFIX = 8
 
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _preparation_error(exc: Exception) -> ClawdError:
@@ -47,8 +41,10 @@ class Scheduler:
     """Owns the slots of one loaded Runtime; every method runs on the engine's worker thread."""
 
     def __init__(self, rt: Runtime, prompts: PromptBuilder, stats: Stats,
-                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None]) -> None:
-        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot."""
+                 emit: Callable[[Job, Chunk | BaseException], None], done: Callable[[Job], None], *,
+                 speculator: Speculator | None = None) -> None:
+        """`emit` posts a chunk or error to a job's consumer; `done` is called once when a job leaves its slot.
+        With a `speculator`, slots' guessed next tokens are verified in the same decodes."""
         self.rt = rt
         self.prompts = prompts
         self.stats = stats
@@ -60,6 +56,8 @@ class Scheduler:
         self._clock = itertools.count(1)
         self._turns = GroupTurns()
         self._grouped = len(rt.adapters) > 0  # without adapters every slot is in one group: skip the bookkeeping
+        self.speculator = speculator
+        self._sharing = PrefixSharing(rt, self.slots, stats)
 
     # -- admission ----------------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -106,76 +104,10 @@ class Scheduler:
         last_n = job.request.sampling.penalty_last_n
         job.sampler.accept_prompt(job.prompt if last_n < 0 else job.prompt[max(0, len(job.prompt) - last_n):])
         slot.job = job
-        self._share(slot, job)
+        self._sharing.share(slot, job)
         if job.wait_for is None:
-            self._count_cached(job)
+            self._sharing.count_cached(job)
         return True
-
-    def _share(self, slot: Slot, job: Job) -> None:
-        """Start from a longer prefix held by another slot: copy it now, or wait while it is being evaluated.
-
-        Requests with the same system prompt (the kiosk's, or every request of an OpenAI app) then evaluate it
-        once: a burst of 8 chats costs one system prompt and 8 questions instead of 8 of each, which is most of
-        their time to first token on a 2-core CPU.
-        """
-        limit = len(job.prompt) - 1
-        now, donor = job.n_past, None  # the longest prefix already evaluated in another slot
-        later = job.n_past  # the longest one another slot's prompt is still evaluating
-        awaited: tuple[Slot, Job, int] | None = None
-        for other in self.slots:
-            if other is slot or other.tag != slot.tag:
-                continue
-            n = min(common_prefix(other.tokens, job.prompt), limit)
-            if n > now:
-                now, donor = n, other
-            o = other.job
-            if o is not None and not o.generating and o.wait_for is None:
-                m = min(common_prefix(o.prompt, job.prompt), limit)
-                if m > later:
-                    later, awaited = m, (other, o, m)
-        if awaited is not None and later >= now + MIN_SHARED_PREFIX:
-            job.wait_for = awaited
-        elif donor is not None and now >= job.n_past + MIN_SHARED_PREFIX:
-            self._copy_from(donor, slot, now)
-
-    def _copy_from(self, donor: Slot, slot: Slot, n: int) -> bool:
-        """Make the first n cells of `donor` this slot's prefix; False if they could not be copied."""
-        job = slot.job
-        assert job is not None
-        if donor.tag != slot.tag:
-            return False  # e.g. an awaited donor slot since reused under other adapters: its cells are not ours
-        rt = self.rt
-        result = rt.copy_prefix(donor.seq, slot.seq, n)
-        if result is Copy.UNTOUCHED:
-            return False  # refused before touching the slot: its own cached prefix (job.n_past) is still good
-        # A sliding window may already have dropped cells the copy's continuation would attend to.
-        if result is Copy.COPIED and not (rt.n_swa > 0 and rt.seq_pos_min(slot.seq) > 0):
-            slot.tokens[:] = job.prompt[:n]
-            job.n_past = n
-            self.stats.prefix_copies += 1
-            return True
-        rt.seq_rm(slot.seq, 0)
-        slot.tokens.clear()
-        job.n_past = 0
-        return False
-
-    def _resolve_wait(self, slot: Slot, job: Job) -> None:
-        """Copy the awaited prefix once it is evaluated, or whatever is left of it if its owner went away."""
-        assert job.wait_for is not None
-        donor, donor_job, wanted = job.wait_for
-        n = min(common_prefix(donor.tokens, job.prompt), len(job.prompt) - 1)
-        if donor.job is donor_job and not donor_job.generating and n < wanted:
-            return
-        job.wait_for = None
-        if n >= job.n_past + MIN_SHARED_PREFIX:
-            self._copy_from(donor, slot, n)
-        self._count_cached(job)
-
-    def _count_cached(self, job: Job) -> None:
-        # Once per job, when its cached prefix is final (a copy may still replace or empty it before that), so
-        # the exported counter never goes down.
-        job.n_cached = job.n_past
-        self.stats.cached_prompt_tokens += job.n_past
 
     # -- one step -----------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -186,7 +118,7 @@ class Scheduler:
                 self._release(slot, cancelled=True)
         for slot in self.slots:
             if slot.job is not None and slot.job.wait_for is not None:
-                self._resolve_wait(slot, slot.job)
+                self._sharing.resolve_wait(slot, slot.job)
         busy = [s for s in self.slots if s.job is not None]
         if self._grouped:
             # llama.cpp applies adapters per context, so one decode serves one adapter set: this step's is the
@@ -199,17 +131,28 @@ class Scheduler:
         generating = [s for s in busy if s.job is not None and s.job.generating]
         prompting = sorted((s for s in busy if s.job is not None and not s.job.generating),
                            key=lambda s: s.job.order if s.job else 0)
+        drafts = self._drafts(generating, prompting) if self.speculator is not None and \
+            self.speculator.wanted(len(generating)) else None
         budget = rt.n_batch - len(generating)
         at = 0
-        outputs: list[tuple[Slot, int]] = []
+        outputs: list[tuple[Slot, int, list[int]]] = []
         undo: list[tuple[Slot, int, int]] = []
-        for slot in generating:
+        for i, slot in enumerate(generating):
             job = slot.job
             assert job is not None
             undo.append((slot, len(slot.tokens), job.n_past))
+            draft = drafts[i] if drafts is not None else None
+            if draft:
+                first = at
+                at = rt.add(at, [job.next_token, *draft], len(slot.tokens), slot.seq, logits=True, all_logits=True)
+                slot.tokens.append(job.next_token)
+                slot.tokens.extend(draft)
+                budget -= len(draft)
+                outputs.append((slot, first, draft))
+                continue
             at = rt.add_one(at, job.next_token, len(slot.tokens), slot.seq)
             slot.tokens.append(job.next_token)
-            outputs.append((slot, at - 1))
+            outputs.append((slot, at - 1, []))
         for slot in prompting:
             job = slot.job
             assert job is not None
@@ -226,43 +169,38 @@ class Scheduler:
             job.n_past += take
             budget -= take
             if last:
-                outputs.append((slot, at - 1))
+                outputs.append((slot, at - 1, []))
         if at == 0:
             return
+        started = time.perf_counter()
         status = rt.decode()
+        if self.speculator is not None:
+            self.speculator.costs.observe(at, time.perf_counter() - started)
         self.stats.decode_calls += 1
         if status != 0:
             self._decode_failed(status, undo)
             return
-        self.stats.prompt_tokens_evaluated += at - len(generating)
-        for slot, index in outputs:
+        self.stats.prompt_tokens_evaluated += at - len(generating) - sum(len(d) for _, _, d in outputs)
+        for slot, index, draft in outputs:
             job = slot.job
             assert job is not None
+            if draft:
+                self._verify(slot, job, index, draft)
+                continue
             if not job.generating:
                 job.generating = True
-                for twin in self._forks(slot, job):
+                for twin in self._sharing.forks(slot, job):
                     self._sample(twin, index)
             self._sample(slot, index)
 
-    def _forks(self, slot: Slot, job: Job) -> list[Slot]:
-        """The slots waiting for exactly this prompt (the other choices of an n > 1 request, or the same request
-        sent twice), now holding a copy of its cells: they sample their first token from the same logits row,
-        so the prompt is evaluated once for all of them."""
-        twins = []
-        for other in self.slots:
-            o = other.job
-            if o is None or o.wait_for is None or o.wait_for[1] is not job or o.prompt != job.prompt:
-                continue
-            if self._copy_from(slot, other, len(job.prompt)):
-                o.wait_for = None
-                self._count_cached(o)
-                o.generating = True
-                twins.append(other)
-        return twins
-
     def _sample(self, slot: Slot, index: int) -> None:
         job = slot.job
-        assert job is not None and job.sampler is not None
+        assert job is not None
+        self._on_token(slot, *self._pick(job, index))
+
+    def _pick(self, job: Job, index: int) -> tuple[int, TokenLogprob | None]:
+        """The job's token from batch row `index` (and its logprobs if the request asked for them)."""
+        assert job.sampler is not None
         rt = self.rt
         token = rt.pick_greedy(index) if job.sampler.greedy else None
         if token is None:
@@ -273,9 +211,55 @@ class Scheduler:
             if self._logprobs is None:
                 self._logprobs = LogprobReader(rt.n_vocab, rt.piece)
             logprob = self._logprobs.read(rt.logits_address(index), token, top)
-        self._on_token(slot, token, logprob)
+        return token, logprob
 
-    def _on_token(self, slot: Slot, token: int, logprob: TokenLogprob | None) -> None:
+    # -- speculative decoding -------------------------------------------------------------------------------
+    def _drafts(self, generating: list[Slot], prompting: list[Slot]) -> list[list[int]]:
+        """This step's guessed tokens for each generating slot (most steps, most slots: none)."""
+        assert self.speculator is not None
+        wants, jobs = [], []
+        for slot in generating:
+            job = slot.job
+            assert job is not None
+            # Guesses stay inside the slot's context and the answer's max_tokens (this step yields one more).
+            limit = min(self.slot_limit - 1 - len(slot.tokens), job.request.sampling.max_tokens - job.n_generated - 1)
+            wants.append(DraftWant(slot.seq, slot.tokens, job.next_token, max(0, limit)))
+            jobs.append(job)
+        pending = sum(len(s.job.prompt) - s.job.n_past for s in prompting if s.job is not None)
+        return self.speculator.drafts(wants, [job.acceptance for job in jobs], pending)
+
+    def _verify(self, slot: Slot, job: Job, first: int, draft: list[int]) -> None:
+        """Keep the drafted tokens the model's own picks agree with, and cut the rest from the KV cache.
+
+        Row first + i holds the logits after the i-th token of [next_token, *draft]. Its token is picked and
+        delivered exactly as plain decoding would (same sampler state: it has seen just the tokens before; a
+        sampled pick draws from the same RNG stream), and the next row is used only while the picks equal the
+        draft. So the answer is the one plain decoding gives, token for token: greedy or sampled, with grammars,
+        penalties and logprobs. A sampled pick simply agrees with a guess less often.
+        """
+        at = len(slot.tokens) - len(draft) - 1  # the position of the token decoded before the draft
+        fed = accepted = 0
+        for i in range(len(draft) + 1):
+            token, logprob = self._pick(job, first + i)
+            self._on_token(slot, token, logprob, filled=at + 1 + i)
+            fed += 1
+            if slot.job is not job or i == len(draft) or token != draft[i]:
+                break
+            accepted += 1
+        self.stats.draft_tokens += len(draft)
+        self.stats.draft_accepted += accepted
+        job.acceptance.record(len(draft), accepted)
+        # Cells up to the last delivered token's predecessor are the answer's; the last delivered token is the
+        # next one to decode (a finished answer's cells stay as a prefix cache like any other).
+        self._cut(slot, at + fed)
+
+    def _cut(self, slot: Slot, keep: int) -> None:
+        if keep < len(slot.tokens):
+            self.rt.seq_rm(slot.seq, keep)
+            del slot.tokens[keep:]
+
+    def _on_token(self, slot: Slot, token: int, logprob: TokenLogprob | None, filled: int | None = None) -> None:
+        """Deliver one generated token; `filled` is the slot's length when the token was picked (default: now)."""
         job = slot.job
         assert job is not None and job.sampler is not None
         rt = self.rt
@@ -294,7 +278,8 @@ class Scheduler:
         text, stopped = job.stop.feed(decoded)
         if stopped:
             self._finish(slot, FinishReason.STOP, text, logprobs)
-        elif job.n_generated >= job.request.sampling.max_tokens or len(slot.tokens) >= self.slot_limit:
+        elif job.n_generated >= job.request.sampling.max_tokens or \
+                (len(slot.tokens) if filled is None else filled) >= self.slot_limit:
             tail, stopped = job.stop.feed(job.utf8.flush())
             self._finish(slot, FinishReason.STOP if stopped else FinishReason.LENGTH,
                          text + tail + ("" if stopped else job.stop.flush()), logprobs)
@@ -354,6 +339,13 @@ class Scheduler:
         for slot in self.slots:
             if slot.job is not None:
                 self._finish(slot, FinishReason.CANCELLED, "")
+
+    def close(self) -> None:
+        """Free the drafter and the runtime (the slots' cells go with it)."""
+        if self.speculator is not None:
+            self.speculator.close()
+            self.speculator = None
+        self.rt.close()
 
     def fail_all(self, error: BaseException) -> None:
         """Fail every running job with its own copy of `error`."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .adapters import NO_ADAPTERS, AdapterKey
 from .sampling import Sampler
+from .speculative import Acceptance
 from .text import StopMatcher, Utf8Stream
 from .types import Chunk, GenerationRequest, TokenLogprob
 
@@ -39,6 +40,7 @@ class Job:
     # Set while this job waits for another slot to finish evaluating a prefix it will copy: (slot, its job, length).
     wait_for: tuple[Slot, Job, int] | None = None
     sampler: Sampler | None = None
+    acceptance: Acceptance = field(default_factory=Acceptance)  # of this job's drafted tokens, lately
     utf8: Utf8Stream = field(default_factory=Utf8Stream)
     stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
 
@@ -66,3 +68,5 @@ class Stats:
     requests_cancelled: int = 0
     decode_calls: int = 0
     prefix_copies: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0

@@ -134,6 +134,8 @@ class EngineStatus:
     loads_total: int = 0
     # Prompt prefixes copied from another slot's cache (a shared system prompt evaluated once).
     prefix_copies_total: int = 0
+    draft_tokens_total: int = 0
+    draft_accepted_total: int = 0
     # The memory plan (MemoryPlan.describe()) the engine runs with.
     memory_plan: str = ""
     # UNIX time at which the loaded model unloads if no request arrives (keep_alive); None: not loaded, or never.

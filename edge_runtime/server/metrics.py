@@ -102,6 +102,8 @@ _ENGINE_COUNTERS = (
     ("requests_cancelled", "requests_cancelled_total", "Generations cancelled by their caller (disconnects)"),
     ("model_loads", "loads_total", "Times the model was loaded (keep_alive unloads and reloads)"),
     ("prompt_prefix_copies", "prefix_copies_total", "Prompt prefixes copied from another slot's cache"),
+    ("draft_tokens", "draft_tokens_total", "Speculative tokens guessed and verified"),
+    ("draft_tokens_accepted", "draft_accepted_total", "Speculative tokens the model agreed with (delivered)"),
 )
 
 

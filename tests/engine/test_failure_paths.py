@@ -160,7 +160,9 @@ def test_a_batch_with_more_logits_rows_than_slots_is_refused_not_an_abort(make_e
     sched = engine._sched
     assert sched is not None
     rt = sched.rt
-    tokens = rt.tokenize("The museum opens at nine", add_special=True)
+    # More tokens than the rows reserved (one per slot plus the speculative drafts' rows).
+    tokens = rt.tokenize("The museum opens at nine. " * 20, add_special=True)
+    assert len(tokens) > rt.n_outputs_max + 1
 
     def decode(rows: int) -> int:
         # The worker is idle (nothing submitted), so the runtime can be driven from here.

@@ -77,11 +77,13 @@ def test_sliding_window_model_copies_give_the_same_greedy_text(make_engine: Make
     head = "The museum guide said: the dinosaur hall is on the second floor, the cafe is next to the shop, and"
     prompts = [head + tail for tail in (" the toilets are", " the exit is", " the library is")]
     expected = []
+    # Speculation off: its drafts change how many rows a batch has, and a row decoded in a bigger batch can
+    # round slightly differently; with drafts on, one near-tie of these three answers flipped (measured).
     for prompt in prompts:
-        alone = make_engine(gemma3_path, parallel=1)
+        alone = make_engine(gemma3_path, parallel=1, speculative="off")
         expected.append(asyncio.run(collect(alone, completion(prompt, max_tokens=16)))[0])
         alone.close_sync()
-    engine = make_engine(gemma3_path, parallel=3)
+    engine = make_engine(gemma3_path, parallel=3, speculative="off")
 
     async def burst() -> list[str]:
         return [text for text, _ in await asyncio.gather(*(collect(engine, completion(p, max_tokens=16))
