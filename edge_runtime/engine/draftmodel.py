@@ -21,12 +21,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edge_runtime.engine")
 
-# A seq stops drafting once the draft model's top probability falls below this (llama.cpp's --draft-p-min, 0.75 by
-# default). SmolLM2-135M Q4_1 reading README.md token by token (1500 tokens) is well calibrated: its greedy pick was
-# the real next token 55% of the time at p 0.6-0.7, 78% at 0.7-0.8, 98% above 0.9, 44-46% at 0.4-0.6 and 8% below
-# 0.2. A drafted token costs a verification row in the target's step (~0.4 of a one-token decode, PRIOR_SLOPE in
-# speculative.py) plus one decode of the draft model, so it pays from p ~0.5; 0.6 keeps a margin for the draft's
-# own decode on 2 cores.
+# A seq stops drafting once the draft model's top probability falls below this (llama.cpp's --draft-p-min, 0 by
+# default in the vendored version). SmolLM2-135M Q4_1 reading README.md token by token (1500 tokens) is well
+# calibrated: its greedy pick was the real next token 55% of the time at p 0.6-0.7, 78% at 0.7-0.8, 98% above 0.9,
+# 44-46% at 0.4-0.6 and 8% below 0.2. A drafted token costs a verification row in the target's step (~0.4 of a
+# one-token decode, PRIOR_SLOPE in speculative.py) plus one decode of the draft model, so it pays from p ~0.5;
+# 0.6 keeps a margin for the draft's own decode on 2 cores.
 P_MIN = 0.6
 # The vocabulary check compares the texts of the first and last VOCAB_EDGE tokens (special and byte tokens, where
 # tokenizer versions differ) and VOCAB_STRIDE_SAMPLES spread evenly between them; a vocabulary smaller than that is

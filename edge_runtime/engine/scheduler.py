@@ -25,7 +25,6 @@ __all__ = ["MIN_SHARED_PREFIX", "Job", "Scheduler", "Slot", "Stats", "common_pre
 log = logging.getLogger(__name__)
 
 
-
 def _preparation_error(exc: Exception) -> ClawdError:
     """What a request whose preparation raised `exc` is told (the request alone fails; the engine goes on)."""
     if isinstance(exc, ClawdError):

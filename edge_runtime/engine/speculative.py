@@ -35,10 +35,10 @@ DECAY = 0.95
 # A rejected token usually means the text left what it was copying (a quoted value ended, the sign was read out):
 # the run of hits before it says little about the next guess, so a miss keeps only this share of them.
 MISS_KEEP = 0.3
-# No slot drafts while more than this many slots generate. The policy below already drafts less in a full batch,
-# but every draft also changes the batch's shape, so llama.cpp rebuilds its compute graph for that step and the
-# next (it reuses the graph only while shapes repeat): with 8 clients on 2 cores the daemon measured 0.87-0.9x of
-# plain decoding with drafting allowed at any load.
+# No slot drafts while more than this many slots generate. With drafting allowed at any load, 8 clients on 2 cores
+# measured 0.87x and 0.89x of plain decoding (1.00x with this limit), although the policy below already drafts
+# less in a full batch. Not measured apart, but a likely part of it: a draft changes the batch's shape, and
+# llama.cpp reuses its compute graph only while shapes repeat, so it rebuilds it for that step and the next.
 BUSY_LIMIT = 4
 # Between drafts the evidence fades toward the prior by this factor per step: a job whose drafts failed tries
 # again, briefly, after a few dozen tokens (its text may have reached a part that repeats).
@@ -82,8 +82,12 @@ class SpecSettings:
         return Speculator(drafter, draft_max=self.draft_max, rows=rows, n_batch=target.n_batch)
 
     def rows(self, n_parallel: int) -> int:
-        """Logits rows beyond one per slot that a verifying decode may ask for (the planner reserves them)."""
-        return 0 if not self.enabled else self.draft_max * min(n_parallel, 2)
+        """Logits rows beyond one per slot that a verifying decode may ask for (the planner reserves them).
+
+        One full draft's worth, shared by the slots drafting in a step: each row is n_vocab floats of compute
+        buffer and of output buffer, so the plan grows by 6 MiB for SmolLM2 and 32 MiB for Gemma-3's 262k tokens.
+        """
+        return self.draft_max if self.enabled and n_parallel > 0 else 0
 
 
 @dataclass(frozen=True)
