@@ -245,8 +245,8 @@ def multi(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     t.join()
                 results.setdefault(server.name, []).append(sum(tokens) / (time.perf_counter() - start))
     base = statistics.median(results["clawd plain"])
-    return {name: {"tok_s": round(statistics.median(v), 1), "vs_plain": round(statistics.median(v) / base, 3)}
-            for name, v in results.items()}
+    return {name: {"tok_s": round(statistics.median(v), 1), "vs_plain": round(statistics.median(v) / base, 3),
+                   "rounds": [round(x, 1) for x in v]} for name, v in results.items()}
 
 
 def main() -> None:
