@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import EngineError, ModelError
-from .native import Handles, flash_attn_type, raw_function
+from .native import Handles, flash_attn_type
 from .sharing import common_prefix
 
 if TYPE_CHECKING:
@@ -64,7 +64,6 @@ class DraftModel(Handles):
         Raises ModelError when llama.cpp cannot load the file or its vocabulary is not the target's."""
         self.path = path
         self._seqs = [_Seq(i) for i in range(n_seq)]
-        self._eog: dict[int, bool] = {}
         super().__init__(path, mmap=True, what="the draft model",
                          setup=functools.partial(self._init_context, target, n_seq, n_ctx_seq, threads, kv_type))
 
@@ -93,8 +92,6 @@ class DraftModel(Handles):
         self.n_ctx_seq = min(n_ctx_seq, int(lib.llama_n_ctx_seq(self.ctx)))
         self.n_batch = int(lib.llama_n_batch(self.ctx))
         self.n_swa = int(lib.llama_model_n_swa(self.model))
-        self._logits_ith = raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
-                                        ctypes.c_void_p)
         self._init_batch(self.n_batch, "a draft batch")
         self._warm_up()
 
@@ -190,22 +187,14 @@ class DraftModel(Handles):
 
     def _pick(self, seq: _Seq, row: int) -> None:
         """The greedy token of batch row `row` as the seq's next pick, or -1 when unsure or end of generation."""
-        address = self._logits_ith(self.ctx, row)
-        if not address:
-            raise EngineError(f"llama.cpp has no logits for draft row {row}")
+        address = self.logits_address(row)
         logits = np.ctypeslib.as_array(ctypes.cast(address, ctypes.POINTER(ctypes.c_float)), (self.n_vocab,))
         token = int(np.argmax(logits))
         # The softmax's largest value: 1 / sum(exp(l - max)).
         p_top = 1.0 / float(np.exp(logits - logits[token]).sum())
         # An end-of-generation token is never drafted: the target's own pick after the last accepted draft token
         # finds it at no extra cost, and a row after it would be wasted.
-        seq.pick = token if p_top >= P_MIN and not self._is_eog(token) else -1
-
-    def _is_eog(self, token: int) -> bool:
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = bool(self.lib.llama_vocab_is_eog(self.vocab, token))
-        return eog
+        seq.pick = token if p_top >= P_MIN and not self.is_eog(token) else -1
 
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> bool:
         """One batch of (token, position, seq, logits) entries; False when llama.cpp fails it."""

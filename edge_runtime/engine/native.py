@@ -160,6 +160,23 @@ class Handles:
         self.vocab = lib.llama_model_get_vocab(self.model)
         self.memory = lib.llama_get_memory(self.ctx)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self._eog: dict[int, bool] = {}
+        self._logits_ith = raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
+                                        ctypes.c_void_p)
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation; cached because every ctypes call is a point where the GIL changes hands."""
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+        return eog
+
+    def logits_address(self, index: int) -> int:
+        """Where batch row `index`'s logits are after a decode (n_vocab floats, valid until the next decode)."""
+        address = self._logits_ith(self.ctx, index)
+        if not address:
+            raise EngineError(f"llama.cpp has no logits for batch row {index}")
+        return int(address)
 
     def _init_batch(self, n: int, what: str) -> None:
         """A batch of n tokens of one sequence each, and the addresses its tokens are written through."""
@@ -255,10 +272,7 @@ class Runtime(Handles):
         self.bos_text = self._special_text(self.bos)
         self.eos_text = self._special_text(self.eos)
         self._pieces: dict[int, bytes] = {}
-        self._eog: dict[int, bool] = {}
         self._piece_buf = ctypes.create_string_buffer(_PIECE_BUFFER)
-        self._logits_ith = raw_function(lib, "llama_get_logits_ith", [ctypes.c_void_p, ctypes.c_int32],
-                                        ctypes.c_void_p)
         self.greedy = GreedyPicker.create(library_dir(lib), self.n_vocab, threads)
         self._init_batch(self.n_batch, "a batch")
         self._warm_up()
@@ -301,13 +315,6 @@ class Runtime(Handles):
             data = self._piece_buf.raw[:n]
         self._pieces[token] = data
         return data
-
-    def is_eog(self, token: int) -> bool:
-        """End of generation; cached because every ctypes call is a point where the GIL changes hands."""
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = bool(self.lib.llama_vocab_is_eog(self.vocab, token))
-        return eog
 
     # -- KV cache -------------------------------------------------------------------------------------------
     def seq_rm(self, seq: int, start: int) -> bool:
@@ -376,13 +383,6 @@ class Runtime(Handles):
             return None
         address = self._logits_ith(self.ctx, index)
         return self.greedy.pick(address) if address else None
-
-    def logits_address(self, index: int) -> int:
-        """Where batch row `index`'s logits are after a decode (n_vocab floats, valid until the next decode)."""
-        address = self._logits_ith(self.ctx, index)
-        if not address:
-            raise EngineError(f"llama.cpp has no logits for batch row {index}")
-        return int(address)
 
     def decode(self) -> int:
         """0 ok, 1 no room in the KV cache, other values are llama.cpp errors."""

@@ -263,4 +263,4 @@ def plan_for(settings: Settings, model: ResolvedModel | Path | str) -> MemoryPla
                 n_ctx_per_slot=settings.max_sequence_length,
                 total_context=settings.context, kv_cache_type=settings.kv_cache_type, n_batch=settings.batch_size,
                 workers=workers, adapters=settings.adapters, adapter_bytes=adapter_bytes, draft=draft,
-                draft_rows=spec.rows(settings.parallel))
+                draft_rows=spec.rows)

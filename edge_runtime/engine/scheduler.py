@@ -220,8 +220,10 @@ class Scheduler:
         for slot in generating:
             job = slot.job
             assert job is not None
-            # Guesses stay inside the slot's context and the answer's max_tokens (this step yields one more).
-            limit = min(self.slot_limit - 1 - len(slot.tokens), job.request.sampling.max_tokens - job.n_generated - 1)
+            # Guesses stay inside draft_max, the slot's context and the answer's max_tokens (this step yields one
+            # more).
+            limit = min(self.speculator.draft_max, self.slot_limit - 1 - len(slot.tokens),
+                        job.request.sampling.max_tokens - job.n_generated - 1)
             wants.append(DraftWant(slot.seq, slot.tokens, job.next_token, max(0, limit)))
             jobs.append(job)
         pending = sum(len(s.job.prompt) - s.job.n_past for s in prompting if s.job is not None)

@@ -78,16 +78,16 @@ class SpecSettings:
                                  threads=threads, kv_type=plan.kv_type)
         else:
             return None
-        rows = target.n_outputs_max - target.plan.n_parallel
-        return Speculator(drafter, draft_max=self.draft_max, rows=rows, n_batch=target.n_batch)
+        return Speculator(drafter, draft_max=self.draft_max, rows=target.plan.draft_rows, n_batch=target.n_batch)
 
-    def rows(self, n_parallel: int) -> int:
+    @property
+    def rows(self) -> int:
         """Logits rows beyond one per slot that a verifying decode may ask for (the planner reserves them).
 
         One full draft's worth, shared by the slots drafting in a step: each row is n_vocab floats of compute
         buffer and of output buffer, so the plan grows by 6 MiB for SmolLM2 and 32 MiB for Gemma-3's 262k tokens.
         """
-        return self.draft_max if self.enabled and n_parallel > 0 else 0
+        return self.draft_max if self.enabled else 0
 
 
 @dataclass(frozen=True)
@@ -306,7 +306,7 @@ class Speculator:
         self.drafter = drafter
         self.costs = DecodeCosts(n_batch)
         self._draft_step: float | None = None  # seconds per drafted position of the last drafts (a draft model)
-        self._draft_max = draft_max
+        self.draft_max = draft_max
         self._rows = rows
         self._n_batch = n_batch
 
@@ -315,8 +315,9 @@ class Speculator:
         return 0 < generating <= BUSY_LIMIT
 
     def drafts(self, wants: Sequence[DraftWant], acceptance: Sequence[Acceptance], pending: int) -> list[list[int]]:
-        """Each generating slot's draft for this step ([] for most); `pending`: prompt tokens waiting for room."""
-        wants = [DraftWant(w.seq, w.tokens, w.last, min(w.n, self._draft_max)) for w in wants]
+        """Each generating slot's draft for this step ([] for most); `pending`: prompt tokens waiting for room.
+
+        A want's n is at most draft_max (the caller's bound)."""
         drafter = self.drafter
         proposals: list[list[int]] | None = None
         if drafter.cheap:  # n-grams: every guess first, then the policy decides how much of each to check

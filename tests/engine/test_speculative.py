@@ -102,7 +102,7 @@ def test_acceptance_learns_and_forgets() -> None:
 
 def test_settings_pick_the_mode() -> None:
     assert SpecSettings.from_settings(Settings()).mode == "ngram"
-    assert SpecSettings.from_settings(Settings(speculative="off")).rows(4) == 0
+    assert SpecSettings.from_settings(Settings(speculative="off")).rows == 0
     with pytest.raises(ConfigError, match="needs a draft_model"):
         Settings().replace(speculative="draft")
     # `speculative: off` in YAML arrives as False.
